@@ -1,0 +1,1 @@
+"""Two-rooms differential-drive simulator (numpy + OpenCV, no torch)."""
