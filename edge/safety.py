@@ -1,0 +1,218 @@
+"""Safety: every wheel command passes :class:`SafetyGuard`; signals end the run through :class:`EStop`.
+
+The guard, in order:
+
+1. **Sensor check**: NaN ranges, ranges outside ``[0, max_range]``, non-finite or implausible
+   wheel speeds, a non-finite pose. More than ``limits.max_bad_sensor_ticks`` consecutive bad
+   ticks -> stop (the command becomes zero) until the sensors are good again.
+2. **Range guard**: no forward motion while a front range (bearings 0, +45, -45 degrees) is
+   closer than ``limits.range_guard_m``; no backward motion while a rear range (180, +-135
+   degrees) is. Turning in place stays allowed, so the robot can turn away. An unknown (NaN)
+   range in a cone counts as an obstacle.
+3. **Speed limit**: both wheels are scaled together so that ``max(|left|, |right|) <=
+   limits.max_speed`` (the turning curvature is kept).
+4. **Acceleration limit**: speeding a wheel up is limited to ``limits.max_accel * dt`` per
+   tick. Slowing down is never limited: stopping is the safe direction.
+
+All commands are normalised wheel speeds in ``[-1, 1]`` (docs/ARCHITECTURE.md).
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge.config import LimitsConfig
+
+#: Sensor indices (index 0 forward, counter-clockwise, 45 degrees apart) per guarded direction.
+FRONT_SENSORS: tuple[int, ...] = (0, 1, 7)
+REAR_SENSORS: tuple[int, ...] = (3, 4, 5)
+
+
+@dataclass(frozen=True)
+class GuardResult:
+    """A guarded command.
+
+    Attributes:
+        left, right: normalised wheel commands actually allowed, in [-1, 1].
+        modified: True when the guard changed the requested command.
+        reasons: why it was changed (e.g. ``"range guard: front 0.08 m < 0.12 m"``).
+        sensor_fault: True when the command was zeroed because of bad sensor values.
+    """
+
+    left: float
+    right: float
+    modified: bool
+    reasons: tuple[str, ...]
+    sensor_fault: bool
+
+
+def sensor_problems(ranges_m: Sequence[float], wheel_speeds: Sequence[float],
+                    pose: Sequence[float], max_range_m: float, max_wheel_speed: float) -> list[str]:
+    """Return what is wrong with one observation (empty when it is valid).
+
+    Args:
+        ranges_m: 8 ranges, metres; NaN = dropout (counted as a problem).
+        wheel_speeds: measured (left, right) rad/s.
+        pose: odometry (x m, y m, theta rad).
+        max_range_m: the sensors' maximum range; values above it (5 % tolerance) are invalid.
+        max_wheel_speed: rad/s; measured speeds above twice this are invalid.
+    """
+    problems = []
+    r = np.asarray(ranges_m, dtype=np.float64)
+    if r.shape != (8,):
+        return [f"expected 8 ranges, got shape {r.shape}"]
+    if np.isnan(r).any():
+        problems.append(f"NaN range at {np.flatnonzero(np.isnan(r)).tolist()}")
+    finite = r[~np.isnan(r)]
+    if ((finite < 0.0) | (finite > 1.05 * max_range_m)).any():
+        problems.append(f"range outside [0, {max_range_m:g}] m: {finite.round(3).tolist()}")
+    w = np.asarray(wheel_speeds, dtype=np.float64)
+    if not np.isfinite(w).all() or (np.abs(w) > 2.0 * max_wheel_speed).any():
+        problems.append(f"implausible wheel speeds {w.tolist()} rad/s")
+    if not np.isfinite(np.asarray(pose, dtype=np.float64)).all():
+        problems.append(f"non-finite odometry pose {list(pose)}")
+    return problems
+
+
+class SafetyGuard:
+    """Applies the limits of :class:`~edge.config.LimitsConfig` to every command.
+
+    Args:
+        limits: the configured limits.
+        max_range_m: range sensors' maximum range (bundle normalisation).
+        max_wheel_speed: rad/s at a normalised command of 1 (bundle action scaling).
+    """
+
+    def __init__(self, limits: LimitsConfig, max_range_m: float, max_wheel_speed: float):
+        self.limits = limits
+        self.max_range_m = float(max_range_m)
+        self.max_wheel_speed = float(max_wheel_speed)
+        self._prev = (0.0, 0.0)
+        self._bad_ticks = 0
+        self.interventions = 0   # ticks where the command was changed
+        self.fault_ticks = 0     # ticks stopped for bad sensors
+
+    @property
+    def last_command(self) -> tuple[float, float]:
+        """The last command this guard allowed (normalised)."""
+        return self._prev
+
+    def reset(self, command: tuple[float, float] = (0.0, 0.0)) -> None:
+        """Set the command the acceleration limit starts from (after a stop or a reconnect)."""
+        self._prev = (float(command[0]), float(command[1]))
+
+    def guard(self, left: float, right: float, ranges_m: Sequence[float],
+              wheel_speeds: Sequence[float], pose: Sequence[float], dt: float) -> GuardResult:
+        """Guard one requested command for a tick of ``dt`` seconds."""
+        reasons: list[str] = []
+        req_l, req_r = float(left), float(right)
+        problems = sensor_problems(ranges_m, wheel_speeds, pose, self.max_range_m, self.max_wheel_speed)
+        if problems:
+            self._bad_ticks += 1
+        else:
+            self._bad_ticks = 0
+        if not (math.isfinite(req_l) and math.isfinite(req_r)):
+            reasons.append(f"non-finite command ({req_l}, {req_r})")
+            return self._stop(reasons, sensor_fault=False)
+        if self._bad_ticks > self.limits.max_bad_sensor_ticks:
+            self.fault_ticks += 1
+            reasons.append("sensor fault: " + "; ".join(problems))
+            return self._stop(reasons, sensor_fault=True)
+        l, r = max(-1.0, min(1.0, req_l)), max(-1.0, min(1.0, req_r))
+
+        ranges = np.asarray(ranges_m, dtype=np.float64)
+        v, w = 0.5 * (l + r), 0.5 * (r - l)
+        guard_m = self.limits.range_guard_m
+        if guard_m > 0.0:
+            front = ranges[list(FRONT_SENSORS)]
+            rear = ranges[list(REAR_SENSORS)]
+            if v > 0.0 and (np.isnan(front).any() or np.nanmin(front, initial=np.inf) < guard_m):
+                reasons.append(f"range guard: front {np.nanmin(front, initial=np.nan):.3f} m < {guard_m:g} m")
+                v = 0.0
+            elif v < 0.0 and (np.isnan(rear).any() or np.nanmin(rear, initial=np.inf) < guard_m):
+                reasons.append(f"range guard: rear {np.nanmin(rear, initial=np.nan):.3f} m < {guard_m:g} m")
+                v = 0.0
+            l, r = v - w, v + w
+
+        peak = max(abs(l), abs(r))
+        if peak > self.limits.max_speed:
+            scale = self.limits.max_speed / peak
+            l, r = l * scale, r * scale
+            reasons.append(f"speed limit {self.limits.max_speed:g}")
+
+        step = self.limits.max_accel * max(dt, 0.0)
+        l_lim = _limit_speedup(self._prev[0], l, step)
+        r_lim = _limit_speedup(self._prev[1], r, step)
+        if (l_lim, r_lim) != (l, r):
+            reasons.append(f"acceleration limit {self.limits.max_accel:g}/s")
+        l, r = l_lim, r_lim
+
+        self._prev = (l, r)
+        modified = abs(l - req_l) > 1e-9 or abs(r - req_r) > 1e-9
+        if modified:
+            self.interventions += 1
+        return GuardResult(l, r, modified, tuple(reasons), False)
+
+    def _stop(self, reasons: list[str], sensor_fault: bool) -> GuardResult:
+        self._prev = (0.0, 0.0)
+        self.interventions += 1
+        return GuardResult(0.0, 0.0, True, tuple(reasons), sensor_fault)
+
+
+def _limit_speedup(prev: float, target: float, step: float) -> float:
+    """Per-wheel acceleration limit: slowing toward zero is free, speeding up is ``<= step``."""
+    if prev * target < 0.0:      # reversing: drop to zero freely, then speed up from zero
+        prev = 0.0
+    if abs(target) <= abs(prev):
+        return target
+    delta = max(-step, min(step, target - prev))
+    return prev + delta
+
+
+class EStop:
+    """SIGINT/SIGTERM -> a latched stop request the control loop checks every tick.
+
+    Installs handlers on ``__enter__`` (main thread only; elsewhere it only offers
+    :meth:`trigger`) and restores the previous ones on ``__exit__``. A second SIGINT while the
+    loop is already stopping raises ``KeyboardInterrupt`` so a stuck shutdown can be broken; the
+    caller's ``finally`` still commands the motors to zero.
+    """
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.reason: str | None = None
+        self._old: dict[int, object] = {}
+
+    @property
+    def triggered(self) -> bool:
+        """True once a signal or :meth:`trigger` asked the run to stop."""
+        return self.event.is_set()
+
+    def trigger(self, reason: str) -> None:
+        """Request an emergency stop (first reason wins)."""
+        if self.reason is None:
+            self.reason = reason
+        self.event.set()
+
+    def _handler(self, signum: int, frame: object) -> None:
+        name = signal.Signals(signum).name
+        if self.event.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt(f"second {name} while stopping")
+        self.trigger(f"{name} received")
+
+    def __enter__(self) -> EStop:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)  # type: ignore[arg-type]
+        self._old.clear()

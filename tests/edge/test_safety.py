@@ -1,0 +1,137 @@
+"""Safety guard and e-stop: the invariants every command obeys."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge.config import LimitsConfig
+from edge.safety import EStop, SafetyGuard, sensor_problems
+
+CLEAR = [2.0] * 8
+OK = dict(wheel_speeds=[0.0, 0.0], pose=[0.0, 0.0, 0.0])
+
+
+def make(**kw) -> SafetyGuard:
+    return SafetyGuard(LimitsConfig(**kw), max_range_m=3.0, max_wheel_speed=10.0)
+
+
+def test_range_guard_blocks_forward_but_allows_turning_and_reverse() -> None:
+    """With an obstacle 5 cm ahead, forward motion is removed, a pivot turn and reversing pass."""
+    g = make(range_guard_m=0.12, max_accel=1000.0)
+    ranges = list(CLEAR)
+    ranges[0] = 0.05
+    fwd = g.guard(1.0, 1.0, ranges, dt=0.05, **OK)
+    assert (fwd.left, fwd.right) == (0.0, 0.0) and fwd.modified
+    assert "range guard" in fwd.reasons[0]
+    turn = g.guard(-0.5, 0.5, ranges, dt=0.05, **OK)
+    assert (turn.left, turn.right) == (-0.5, 0.5) and not turn.modified
+    back = g.guard(-0.5, -0.5, ranges, dt=0.05, **OK)
+    assert (back.left, back.right) == (-0.5, -0.5)
+    arc = g.guard(0.2, 1.0, ranges, dt=0.05, **OK)  # forward arc: only the turning part stays
+    assert arc.left == pytest.approx(-0.4) and arc.right == pytest.approx(0.4)
+
+
+def test_rear_guard_blocks_reverse() -> None:
+    """An obstacle behind blocks backward motion."""
+    g = make(range_guard_m=0.12, max_accel=1000.0)
+    ranges = list(CLEAR)
+    ranges[4] = 0.03
+    out = g.guard(-1.0, -1.0, ranges, dt=0.05, **OK)
+    assert (out.left, out.right) == (0.0, 0.0)
+
+
+@pytest.mark.parametrize("bad", [
+    dict(ranges_m=[math.nan] + [2.0] * 7),
+    dict(ranges_m=[-0.5] + [2.0] * 7),
+    dict(ranges_m=[50.0] + [2.0] * 7),
+    dict(wheel_speeds=[math.inf, 0.0]),
+    dict(pose=[0.0, math.nan, 0.0]),
+])
+def test_bad_sensors_stop_the_robot(bad: dict) -> None:
+    """NaN, negative, beyond-max-range ranges, infinite wheel speeds or a NaN pose zero the command."""
+    g = make(max_accel=1000.0)
+    args = dict(ranges_m=CLEAR, **OK)
+    args.update(bad)
+    g.guard(0.5, 0.5, args["ranges_m"], args["wheel_speeds"], args["pose"], dt=0.05)
+    out = g.guard(0.5, 0.5, args["ranges_m"], args["wheel_speeds"], args["pose"], dt=0.05)
+    assert (out.left, out.right) == (0.0, 0.0) and out.sensor_fault
+    good = g.guard(0.5, 0.5, CLEAR, dt=0.05, **OK)
+    assert (good.left, good.right) == (0.5, 0.5)  # resumes when the sensors are valid again
+
+
+def test_bad_sensor_tolerance_counts_consecutive_ticks() -> None:
+    """With max_bad_sensor_ticks=2 the third consecutive bad tick stops, not the first."""
+    g = make(max_bad_sensor_ticks=2, max_accel=1000.0)
+    ranges = [math.nan] + [2.0] * 7
+    ranges[0] = 2.0
+    ranges[2] = math.nan  # a side sensor: not in a guarded cone
+    outs = [g.guard(0.5, 0.5, ranges, dt=0.05, **OK) for _ in range(3)]
+    assert [o.sensor_fault for o in outs] == [False, False, True]
+
+
+def test_non_finite_command_is_a_stop() -> None:
+    """A NaN command from a broken planner never reaches the motors."""
+    out = make().guard(math.nan, 0.3, CLEAR, dt=0.05, **OK)
+    assert (out.left, out.right) == (0.0, 0.0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(cmds=st.lists(st.tuples(st.floats(-2, 2), st.floats(-2, 2)), min_size=1, max_size=30),
+       max_speed=st.floats(0.1, 1.0), max_accel=st.floats(0.5, 20.0),
+       front=st.floats(0.0, 3.0))
+def test_invariants_hold_for_any_command_sequence(cmds, max_speed, max_accel, front) -> None:
+    """For any requests: |command| <= max_speed, speeding up a wheel by at most max_accel*dt,
+    and no forward motion while the front range is inside the guard distance."""
+    dt = 0.05
+    g = make(max_speed=max_speed, max_accel=max_accel, range_guard_m=0.12)
+    ranges = list(CLEAR)
+    ranges[0] = front
+    prev = (0.0, 0.0)
+    for l, r in cmds:
+        out = g.guard(l, r, ranges, dt=dt, **OK)
+        for p, c in zip(prev, (out.left, out.right)):
+            assert abs(c) <= max_speed + 1e-9
+            if abs(c) > abs(p) or p * c < 0:
+                base = 0.0 if p * c < 0 else p
+                assert abs(c - base) <= max_accel * dt + 1e-9
+        if front < 0.12:
+            assert out.left + out.right <= 1e-9
+        prev = (out.left, out.right)
+
+
+def test_speed_limit_keeps_curvature() -> None:
+    """Scaling keeps the left/right ratio (the path's curvature)."""
+    out = make(max_speed=0.5, max_accel=1000.0).guard(1.0, 0.5, CLEAR, dt=0.05, **OK)
+    assert (out.left, out.right) == (pytest.approx(0.5), pytest.approx(0.25))
+
+
+def test_sensor_problems_lists_each_issue() -> None:
+    """Each kind of problem is named (so the recorder and status say why the robot stopped)."""
+    probs = sensor_problems([math.nan] + [9.0] + [1.0] * 6, [0, 50], [0, 0, math.inf], 3.0, 10.0)
+    text = " ".join(probs)
+    assert "NaN range" in text and "outside" in text and "wheel speeds" in text and "pose" in text
+    assert sensor_problems(CLEAR, [1.0, 1.0], [0, 0, 0], 3.0, 10.0) == []
+
+
+def test_estop_latches_on_sigterm_and_restores_handlers() -> None:
+    """SIGTERM sets the latched stop with a reason; the previous handler is restored on exit."""
+    before = signal.getsignal(signal.SIGTERM)
+    with EStop() as estop:
+        assert not estop.triggered
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert estop.event.wait(2.0)
+        assert estop.reason == "SIGTERM received"
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_guard_result_values_are_plain_floats() -> None:
+    """Commands are Python floats in [-1, 1] (what the link and the recorder expect)."""
+    out = make(max_accel=1000.0).guard(np.float32(0.3), np.float32(-0.2), CLEAR, dt=0.05, **OK)
+    assert isinstance(out.left, float) and isinstance(out.right, float)
