@@ -5,10 +5,12 @@ The guard, in order:
 1. **Sensor check**: NaN ranges, ranges outside ``[0, max_range]``, non-finite or implausible
    wheel speeds, a non-finite pose. More than ``limits.max_bad_sensor_ticks`` consecutive bad
    ticks -> stop (the command becomes zero) until the sensors are good again.
-2. **Range guard**: no forward motion while a front range (bearings 0, +45, -45 degrees) is
-   closer than ``limits.range_guard_m``; no backward motion while a rear range (180, +-135
-   degrees) is. Turning in place stays allowed, so the robot can turn away. An unknown (NaN)
-   range in a cone counts as an obstacle.
+2. **Range guard**: no forward motion while the forward range (bearing 0) is closer than
+   ``limits.range_guard_m`` or a diagonal front range (+-45 degrees) is closer than half of
+   it (diagonal beams also see walls beside the path, e.g. door posts while passing a door);
+   the same for backward motion with the rear ranges (180, +-135 degrees). Turning in place
+   stays allowed, so the robot can turn away. An unknown (NaN) range in a cone counts as an
+   obstacle.
 3. **Speed limit**: both wheels are scaled together so that ``max(|left|, |right|) <=
    limits.max_speed`` (the turning curvature is kept).
 4. **Acceleration limit**: speeding a wheel up is limited to ``limits.max_accel * dt`` per
@@ -29,9 +31,11 @@ import numpy as np
 
 from edge.config import LimitsConfig
 
-#: Sensor indices (index 0 forward, counter-clockwise, 45 degrees apart) per guarded direction.
+#: Sensor indices (index 0 forward, counter-clockwise, 45 degrees apart) per guarded direction,
+#: with the fraction of ``range_guard_m`` each must keep clear.
 FRONT_SENSORS: tuple[int, ...] = (0, 1, 7)
-REAR_SENSORS: tuple[int, ...] = (3, 4, 5)
+REAR_SENSORS: tuple[int, ...] = (4, 3, 5)
+CONE_FRACTION = np.array([1.0, 0.5, 0.5])
 
 
 @dataclass(frozen=True)
@@ -130,14 +134,15 @@ class SafetyGuard:
         v, w = 0.5 * (l + r), 0.5 * (r - l)
         guard_m = self.limits.range_guard_m
         if guard_m > 0.0:
-            front = ranges[list(FRONT_SENSORS)]
-            rear = ranges[list(REAR_SENSORS)]
-            if v > 0.0 and (np.isnan(front).any() or np.nanmin(front, initial=np.inf) < guard_m):
-                reasons.append(f"range guard: front {np.nanmin(front, initial=np.nan):.3f} m < {guard_m:g} m")
-                v = 0.0
-            elif v < 0.0 and (np.isnan(rear).any() or np.nanmin(rear, initial=np.inf) < guard_m):
-                reasons.append(f"range guard: rear {np.nanmin(rear, initial=np.nan):.3f} m < {guard_m:g} m")
-                v = 0.0
+            limit = guard_m * CONE_FRACTION
+            for cone, name, moving in ((FRONT_SENSORS, "front", v > 0.0), (REAR_SENSORS, "rear", v < 0.0)):
+                values = ranges[list(cone)]
+                blocked = np.isnan(values) | (values < limit)
+                if moving and blocked.any():
+                    i = int(np.argmax(blocked))
+                    reasons.append(f"range guard: {name} sensor {cone[i]} reads {values[i]:.3f} m "
+                                   f"< {limit[i]:g} m")
+                    v = 0.0
             l, r = v - w, v + w
 
         peak = max(abs(l), abs(r))

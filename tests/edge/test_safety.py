@@ -135,3 +135,15 @@ def test_guard_result_values_are_plain_floats() -> None:
     """Commands are Python floats in [-1, 1] (what the link and the recorder expect)."""
     out = make(max_accel=1000.0).guard(np.float32(0.3), np.float32(-0.2), CLEAR, dt=0.05, **OK)
     assert isinstance(out.left, float) and isinstance(out.right, float)
+
+
+def test_diagonal_sensors_guard_at_half_the_distance() -> None:
+    """A door post 0.08 m away on the +45 degree beam does not block forward motion with a
+    0.12 m guard (half distance on diagonals), 0.05 m does."""
+    g = make(range_guard_m=0.12, max_accel=1000.0)
+    ranges = list(CLEAR)
+    ranges[1] = 0.08
+    assert g.guard(0.5, 0.5, ranges, dt=0.05, **OK).left == 0.5
+    ranges[1] = 0.05
+    out = g.guard(0.5, 0.5, ranges, dt=0.05, **OK)
+    assert (out.left, out.right) == (0.0, 0.0) and "sensor 1" in out.reasons[0]
