@@ -165,6 +165,15 @@ def read_shard(path: str | Path, *, frames: bool = False, verify: bool = True) -
             digest = sha256_file(path)
             if digest != entry["sha256"]:
                 raise DatasetError(f"{path}: sha256 mismatch against index.json (corrupt shard); re-run edge-collect")
+        else:
+            # No index to check against: verify every member's zip CRC (also the ones not loaded).
+            try:
+                with zipfile.ZipFile(path) as zf:
+                    bad = zf.testzip()
+            except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+                raise DatasetError(f"{path}: corrupt or truncated shard ({type(e).__name__}: {e})") from e
+            if bad is not None:
+                raise DatasetError(f"{path}: corrupt shard (CRC error in member {bad!r}); re-run edge-collect")
     try:
         with np.load(path, allow_pickle=False) as z:
             names = set(z.files)
@@ -242,27 +251,24 @@ def _shard_episodes(path: Path, frames: bool, verify: bool, norm: SensorNormalis
 
 
 def _flight_log_episodes(path: Path, frames: bool, norm: SensorNormalisation | None) -> list[_Episode]:
-    try:
-        from mcap.reader import make_reader
-    except ImportError as e:  # pragma: no cover - mcap is a runtime dependency
-        raise DatasetError("reading flight logs needs the mcap package: pip install mcap") from e
+    from edge.recorder import read_flight_log
     from edge.sim.flight_log import decode_frame
 
+    try:
+        fl = read_flight_log(path)
+    except Exception as e:  # the mcap library raises many types for damaged files
+        raise DatasetError(f"{path}: corrupt flight log ({type(e).__name__}: {e})") from e
+    if not fl.complete:
+        log.warning("%s: flight log is truncated (no MCAP footer, e.g. after a crash): using the ticks before the cut", path)
     topics = ["/obs", "/action", "/true_pose"] + (["/camera"] if frames else [])
     data: dict[str, dict[int, dict]] = {t: {} for t in topics}
-    meta_norm: dict[str, float] = {}
     try:
-        with open(path, "rb") as f:
-            reader = make_reader(f)
-            for _, channel, message in reader.iter_messages(topics=topics):
-                msg = json.loads(message.data)
-                data[channel.topic][int(msg["tick"])] = msg
-        with open(path, "rb") as f:
-            for rec in make_reader(f).iter_metadata():
-                if rec.name == "normalisation":
-                    meta_norm = {k: float(json.loads(v)) for k, v in rec.metadata.items()}
-    except Exception as e:  # the mcap library raises many types for damaged files
-        raise DatasetError(f"{path}: corrupt or truncated flight log ({type(e).__name__}: {e})") from e
+        for t in topics:
+            for msg in fl.messages.get(t, []):
+                data[t][int(msg["tick"])] = msg
+        meta_norm = {k: float(json.loads(v)) for k, v in fl.metadata.get("normalisation", {}).items()}
+    except (KeyError, TypeError, ValueError) as e:
+        raise DatasetError(f"{path}: malformed flight log message or metadata ({type(e).__name__}: {e})") from e
     for t in ("/obs", "/action") + (("/camera",) if frames else ()):
         if not data[t]:
             raise DatasetError(f"{path}: flight log has no {t} messages; training needs /obs and /action"
@@ -329,7 +335,8 @@ class WindowDataset:
         on_error: ``"raise"`` (default): a bad source raises ``DatasetError`` naming it;
             ``"skip"``: it is logged as a warning, listed in ``skipped``, and left out.
         normalisation: constants for the 14-vector; default: from each source's metadata.
-        verify: check shard length and sha256 against ``index.json`` when present.
+        verify: check shard length and sha256 against ``index.json`` when present, else the
+            zip CRC of every member.
     """
 
     def __init__(

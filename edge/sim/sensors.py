@@ -46,11 +46,11 @@ def read_ranges(
     """Range readings ``float64 [B, 8]`` (m, NaN = dropout) for poses ``[B, 3]`` and walls ``[B, S, 4]``."""
     ang = pose[:, 2:3] + BEARINGS_RAD[None, :]
     dirs = np.stack([np.cos(ang), np.sin(ang)], axis=-1)
-    dist, _, _ = raycast(pose[:, :2], dirs, seg, max_dist=cfg.max_range + robot_radius)
-    r = dist - robot_radius
+    dist, idx, _ = raycast(pose[:, :2], dirs, seg, max_dist=cfg.max_range + robot_radius)
+    r = np.where(idx < 0, cfg.max_range, dist - robot_radius)
     if rng is not None and cfg.noise_std > 0:
         r = r + rng.normal(0.0, cfg.noise_std, size=r.shape)
-    r = np.clip(r, 0.0, cfg.max_range)
+    r = np.clip(r, 0.0, cfg.max_range)  # exactly max_range when nothing is within reach
     if rng is not None and cfg.dropout_prob > 0:
         r = np.where(rng.uniform(size=r.shape) < cfg.dropout_prob, np.nan, r)
     return r
