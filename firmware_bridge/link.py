@@ -17,8 +17,8 @@ Behaviour in one place:
 * **Acked commands** (ESTOP, CLEAR_ESTOP, CONFIG, SET_PID, SET_PWM, RESET_ENC, PING) are retried a
   bounded number of times; when exhausted, ``AckTimeoutError`` names the port and what to check.
 * **Device reset** is detected by a HELLO frame, by the device sequence number going backwards,
-  or by the device clock jumping (checked across reconnects too, because pyserial flushes the
-  input buffer on open, so a HELLO sent just before the port opened is lost). On a reset the
+  or by the device clock jumping (checked across reconnects too: a HELLO sent while the port
+  was closed is usually lost on real USB bridges). On a reset the
   link re-bases odometry (an encoder offset keeps the host's cumulative counts continuous),
   re-sends the configuration it sent before (CONFIG, SET_PID, and a latched ESTOP the host has
   not cleared) and calls ``on_reset``.
@@ -233,6 +233,17 @@ def open_error_message(port: str, exc: BaseException) -> str:
     return f"Could not open '{port}': {text}. {_LIST_PORTS_HINT}."
 
 
+class KeepInputSerial(serial.Serial):
+    """``serial.Serial`` that does not flush the receive queue in ``open()``.
+
+    pyserial discards pending input when it opens a port; bytes a device sent just before
+    (a HELLO on a pseudo-terminal or a buffering bridge) would be lost. The frame decoder
+    resynchronises on its own, so keeping them costs nothing."""
+
+    def _reset_input_buffer(self) -> None:  # called by open() (pyserial 3.x, POSIX)
+        pass
+
+
 def _signed(value: int, modulus: int) -> int:
     value %= modulus
     return value - modulus if value >= modulus // 2 else value
@@ -251,7 +262,7 @@ class SerialLink:
     def __init__(self, port: str, config: LinkConfig | None = None, *,
                  on_reset: Callable[[ResetEvent], None] | None = None,
                  on_state: Callable[[LinkState], None] | None = None,
-                 serial_factory: Callable[[], serial.Serial] = serial.Serial):
+                 serial_factory: Callable[[], serial.Serial] = KeepInputSerial):
         if not isinstance(port, str) or not port:
             raise ValueError(f"port must be a device path such as /dev/ttyUSB0, got {port!r}")
         self.port = port
