@@ -120,7 +120,11 @@ class Emulator:
             ready, _, _ = select.select([fd], [], [], 0.05)
             if ready:
                 chunk = os.read(fd, 4096)
-                if not chunk:
+                if not chunk:  # stdout closed: the process is exiting
+                    try:
+                        proc.wait(timeout=1.0)
+                    except subprocess.TimeoutExpired:
+                        pass
                     break
                 buf += chunk
                 *lines, buf = buf.split(b"\n")
