@@ -118,7 +118,7 @@ class ConfidenceConfig:
 
     threshold: float = 0.2           # confidence in [0, 1] below this is "low"
     low_ticks: int = 20              # consecutive low ticks before the fallback (or a stop) kicks in
-    error_scale: float | None = None  # predicted error giving confidence 1/e; None -> bundle manifest
+    error_scale: float | None = None  # predicted error giving confidence 1/e; None -> from the bundle (2x val error)
 
     def __post_init__(self) -> None:
         _require(0.0 <= self.threshold <= 1.0, "confidence.threshold",
@@ -174,7 +174,7 @@ class SimConfig:
     seed: int | None = None          # episode layouts and noise; None -> random
     fixed_layout: bool = False       # same wall/door every episode
     episodes: int = 1                # goal-reaching episodes to run one after the other
-    max_steps: int = 600             # control ticks per episode before it counts as failed
+    max_steps: int = 300             # control ticks per episode before it counts as failed (the sim's budget)
     time_scale: float = 1.0          # >1 runs the simulated robot faster than real time
     gif: bool = True                 # write run.gif (top-down view with the planned path)
 
@@ -192,7 +192,7 @@ class GoalConfig:
 
     file: str | None = None          # .npz written by `edge-run --save-goal NAME`
     pose: tuple[float, float, float] | None = None  # sim only: render the goal observation here
-    reach_m: float = 0.25            # goal reached when the pose is this close (sim: true pose; robot: odometry)
+    reach_m: float = 0.15            # goal reached this close (sim: true pose, its success radius; robot: odometry)
     reach_embedding: float | None = None  # alternative: embedding distance below this counts as reached
 
     def __post_init__(self) -> None:

@@ -312,16 +312,24 @@ class ControlLoop:
     # ----------------------------------------------------------------- setup
     @staticmethod
     def _error_scale(config: RunConfig, bundle: Any) -> float:
+        """Predicted error at which confidence is 1/e: the config's ``confidence.error_scale``,
+        else the manifest's ``planner.conf_error_scale``, else twice the validation prediction
+        error the model reached in training (``training.metrics.val_pred`` /
+        ``val_pred_stepT``, the same units as the confidence head: mean squared embedding error)."""
         if config.confidence.error_scale is not None:
             return float(config.confidence.error_scale)
         manifest = bundle.manifest
-        for where in (manifest.get("planner", {}), manifest.get("training", {}).get("metrics", {}) or {}):
-            value = where.get("conf_error_scale") if isinstance(where, dict) else None
-            if isinstance(value, (int, float)) and value > 0:
-                return float(value)
+        value = (manifest.get("planner") or {}).get("conf_error_scale")
+        if isinstance(value, (int, float)) and value > 0:
+            return float(value)
+        metrics = (manifest.get("training") or {}).get("metrics") or {}
+        val = [float(metrics[k]) for k in ("val_pred", "val_pred_stepT")
+               if isinstance(metrics.get(k), (int, float)) and math.isfinite(metrics[k]) and metrics[k] > 0]
+        if val:
+            return 2.0 * max(val)
         raise ValueError(
             f"bundle {bundle.path} records no confidence scale (planner.conf_error_scale or "
-            "training.metrics.conf_error_scale); set confidence.error_scale in the config "
+            "training.metrics.val_pred); set confidence.error_scale in the config "
             "(--set confidence.error_scale=VALUE)")
 
     def set_goal(self, goal: GoalTarget) -> None:
@@ -394,8 +402,8 @@ class ControlLoop:
             self._mean[:] = 0.0
             self._event("link_restored", "telemetry is flowing again; resuming control")
         resets = getattr(self.link, "resets", None)
-        if callable(resets):
-            n = len(resets())
+        if resets is not None:
+            n = len(resets() if callable(resets) else resets)
             if n > self._resets_seen:
                 self._resets_seen = n
                 self._event("link_reset", "the motor controller reset; the link re-based the encoder "

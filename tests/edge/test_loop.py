@@ -201,12 +201,13 @@ def test_estop_ends_the_run_with_motors_at_zero() -> None:
 def test_goal_reached_by_pose_stops_and_reports() -> None:
     """With a goal pose and a truth source, reaching within reach_m ends the run as goal_reached."""
     pose = [0.0, 0.0, 0.0]
-    loop, clock, link, backend, infos = make_loop(truth=lambda: tuple(pose))
+    cfg = load_config(None, [{"goal": {"reach_m": 0.25}}])
+    loop, clock, link, backend, infos = make_loop(cfg, truth=lambda: tuple(pose))
     loop.set_goal(GoalTarget(z=np.zeros(6, np.float32), pose=(1.0, 0.0, 0.0)))
     loop.on_tick = lambda info: pose.__setitem__(0, pose[0] + 0.1)
     result = loop.run(max_ticks=100)
     assert result.goal_reached and result.reason == "goal_reached"
-    assert 7 <= result.ticks <= 9  # within 0.25 m of x=1 after ~8 steps of 0.1 m
+    assert result.ticks == 9  # tick k sees x = 0.1 k; 1 - 0.8 <= 0.25 at k = 8
     assert link.sent[-1] == (0.0, 0.0)
 
 
@@ -228,3 +229,17 @@ def test_recorded_channels_match_what_was_sent(tmp_path: Path) -> None:
     assert kinds[0] == "start" and kinds[-1] == "stop"
     t = log.messages["/timings"][0]
     assert {"read_ms", "encode_ms", "plan_ms", "guard_ms", "send_ms", "total_ms", "deadline_ms"} <= set(t)
+
+
+def test_confidence_scale_comes_from_config_manifest_or_training_metrics() -> None:
+    """The error scale is the config value if set, else planner.conf_error_scale, else twice the
+    larger validation prediction error; a bundle with none of them is refused with the fix."""
+    clock = FakeClock()
+    b = FakeBackend(clock)
+    assert ControlLoop._error_scale(RunConfig(), b.bundle) == 0.1
+    assert ControlLoop._error_scale(load_config(None, [{"confidence": {"error_scale": 0.7}}]), b.bundle) == 0.7
+    b.bundle.manifest = {"planner": {}, "training": {"metrics": {"val_pred": 0.02, "val_pred_stepT": 0.05}}}
+    assert ControlLoop._error_scale(RunConfig(), b.bundle) == pytest.approx(0.1)
+    b.bundle.manifest = {"planner": {}, "training": {"metrics": {}}}
+    with pytest.raises(ValueError, match="confidence.error_scale"):
+        ControlLoop._error_scale(RunConfig(), b.bundle)
