@@ -37,7 +37,7 @@ class RobotConfig:
     wheel_base: float = 0.16  # distance between the two wheels (m)
     max_wheel_speed: float = 15.0  # wheel angular speed limit (rad/s); action 1.0 maps to this
     max_wheel_accel: float = 60.0  # wheel angular acceleration limit (rad/s^2)
-    ticks_per_rev: int = 1440  # quadrature encoder counts per wheel revolution
+    ticks_per_rev: int = 1320  # quadrature encoder counts per wheel revolution (firmware default)
     encoder_noise_ticks: float = 0.0  # std of additive encoder count noise per control step (counts)
     slip_std: float = 0.0  # std of the per-wheel slip fraction per control step (0 = no slip)
     physics_substeps: int = 4  # physics substeps per control step (wheel acceleration resolution)
