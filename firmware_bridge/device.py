@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 from firmware_bridge.link import (
     LinkConfig,
@@ -93,9 +94,14 @@ class MotorController:
     the body raises). All errors are ``LinkError`` subclasses naming the port and a next step.
     """
 
-    def __init__(self, config: MotorControllerConfig, *, on_reset=None, on_state=None):
+    def __init__(self, config: MotorControllerConfig, *,
+                 on_reset: Callable[[ResetEvent], None] | None = None,
+                 on_state: Callable[[LinkState], None] | None = None,
+                 on_telemetry: Callable[[Telemetry], None] | None = None):
+        """The callbacks are passed to ``SerialLink`` (they run on its reader thread)."""
         self.config = config
-        self.link = SerialLink(config.port, config.link, on_reset=on_reset, on_state=on_state)
+        self.link = SerialLink(config.port, config.link, on_reset=on_reset, on_state=on_state,
+                               on_telemetry=on_telemetry)
         self._connected = False
 
     # ------------------------------------------------------------ lifecycle

@@ -254,14 +254,16 @@ class SerialLink:
 
     ``port`` is a device path; a stable symlink (e.g. ``/dev/edge-esp32`` from the udev rule) is
     followed again on every re-open, so a device that comes back under a new ttyUSB/pty name
-    is found. ``on_reset(ResetEvent)`` and ``on_state(LinkState)`` run on the reader thread:
-    keep them short and non-blocking. ``serial_factory`` builds the unopened ``serial.Serial``
+    is found. ``on_reset(ResetEvent)``, ``on_state(LinkState)`` and ``on_telemetry(Telemetry)``
+    (every frame, e.g. for a recorder) run on the reader thread: keep them short and
+    non-blocking. ``serial_factory`` builds the unopened ``serial.Serial``
     (injectable for tests of other transports).
     """
 
     def __init__(self, port: str, config: LinkConfig | None = None, *,
                  on_reset: Callable[[ResetEvent], None] | None = None,
                  on_state: Callable[[LinkState], None] | None = None,
+                 on_telemetry: Callable[[Telemetry], None] | None = None,
                  serial_factory: Callable[[], serial.Serial] = KeepInputSerial):
         if not isinstance(port, str) or not port:
             raise ValueError(f"port must be a device path such as /dev/ttyUSB0, got {port!r}")
@@ -269,6 +271,7 @@ class SerialLink:
         self.config = config or LinkConfig()
         self._on_reset = on_reset
         self._on_state = on_state
+        self._telemetry_callback = on_telemetry
         self._serial_factory = serial_factory
 
         self._state = LinkState.CLOSED
@@ -758,6 +761,12 @@ class SerialLink:
         with self._rx_cond:
             self._latest = telemetry
             self._rx_cond.notify_all()
+        if self._telemetry_callback is not None:
+            try:
+                self._telemetry_callback(telemetry)
+            except Exception:
+                self._counts["internal_errors"] += 1
+                log.exception("%s: on_telemetry callback failed", self.port)
 
     def _on_ack(self, frame: protocol.Frame) -> None:
         is_nack = frame.type == MsgType.NACK

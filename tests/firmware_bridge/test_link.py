@@ -279,3 +279,17 @@ def test_config_validation():
         LinkConfig(baudrate=-1)
     with pytest.raises(ValueError, match="reopen_max_s"):
         LinkConfig(reopen_initial_s=1.0, reopen_max_s=0.5)
+
+
+def test_on_telemetry_sees_every_frame_in_order(fake_mcu, wait_until):
+    """on_telemetry is called once per TELEMETRY frame, in wire order (nothing coalesced)."""
+    got = []
+    lk = SerialLink(fake_mcu.port, FAST_LINK, on_telemetry=got.append)
+    lk.open()
+    try:
+        for i in range(20):
+            fake_mcu.telemetry(enc=(i, -i))
+        wait_until(lambda: len(got) == 20, what="20 telemetry callbacks")
+    finally:
+        lk.close()
+    assert [t.enc_left for t in got] == list(range(20))
