@@ -1,0 +1,129 @@
+"""Torch glue over the simulator's window reader (``edge.sim.dataset.WindowDataset``).
+
+Windows (contract "Dataset windows" in docs/ARCHITECTURE.md) are dicts of numpy arrays:
+``sensor [k+1, 14] float32``, ``action [k, 2] float32``, optionally ``frame [k+1, 64, 64, 3]
+uint8``, ``pose`` / ``true_pose [k+1, 3]``. Sensor windows are small, so they are stacked
+once into tensors and batched by index (much faster on a CPU than a per-item DataLoader).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from training.config import Config
+
+KEYS = ("sensor", "action", "frame", "pose", "true_pose")
+
+
+class DataError(RuntimeError):
+    """The dataset is missing, empty or does not match what the config needs."""
+
+
+def stack_windows(windows: Iterable[dict[str, np.ndarray]], keys: tuple[str, ...] = KEYS, limit: int = 0) -> dict[str, torch.Tensor]:
+    """Stack window dicts into tensors ``[W, ...]`` (keys absent from the first window are skipped)."""
+    cols: dict[str, list[np.ndarray]] = {}
+    for i, w in enumerate(windows):
+        if limit and i >= limit:
+            break
+        if not cols:
+            for k in keys:
+                if k in w:
+                    cols[k] = []
+            if "sensor" not in cols or "action" not in cols:
+                raise DataError(f"window has keys {sorted(w)}, needs at least 'sensor' and 'action'")
+        for k in cols:
+            cols[k].append(np.asarray(w[k]))
+    if not cols:
+        raise DataError("no windows: the dataset is empty (collect some with edge-collect)")
+    return {k: torch.from_numpy(np.stack(v)) for k, v in cols.items()}
+
+
+@dataclass
+class WindowTensors:
+    """All windows of a split as tensors, with batching by index.
+
+    ``tensors['sensor'] [W, k+1, 14]``, ``tensors['action'] [W, k, 2]``, optional
+    ``tensors['frame'] [W, k+1, 64, 64, 3] uint8`` and poses.
+    """
+
+    tensors: dict[str, torch.Tensor]
+
+    def __len__(self) -> int:
+        return int(self.tensors["sensor"].shape[0])
+
+    @property
+    def k(self) -> int:
+        return int(self.tensors["action"].shape[1])
+
+    def batch(self, idx: torch.Tensor, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+        """The windows ``idx`` as a model batch (frames become float ``[B, k+1, 3, 64, 64]`` in [0, 1])."""
+        out = {}
+        for key, t in self.tensors.items():
+            v = t[idx]
+            if key == "frame":
+                v = v.permute(0, 1, 4, 2, 3).float().div_(255.0)
+            out[key] = v.to(device, non_blocking=True)
+        return out
+
+    def iter_batches(self, batch_size: int, generator: torch.Generator | None = None, rank: int = 0,
+                     world_size: int = 1, shuffle: bool = True, limit: int = 0,
+                     device: str | torch.device = "cpu") -> Iterator[dict[str, torch.Tensor]]:
+        """Batches over this rank's share of a (seeded) permutation; every rank gets the same count."""
+        n = len(self)
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        if limit:
+            order = order[:limit]
+        per_rank = len(order) // world_size
+        order = order[rank * per_rank : (rank + 1) * per_rank]
+        for start in range(0, per_rank - batch_size + 1 if per_rank >= batch_size else 1, batch_size):
+            yield self.batch(order[start : start + batch_size], device)
+
+    def num_batches(self, batch_size: int, world_size: int = 1, limit: int = 0) -> int:
+        n = min(len(self), limit) if limit else len(self)
+        per_rank = n // world_size
+        return max(1, per_rank // batch_size) if per_rank >= batch_size else 1
+
+
+def split_windows(tensors: dict[str, torch.Tensor], val_fraction: float, episode: torch.Tensor | None = None,
+                  seed: int = 0) -> tuple[WindowTensors, WindowTensors]:
+    """Split into train/val. With ``episode [W]`` ids, whole episodes go to one side (no leakage)."""
+    n = int(tensors["sensor"].shape[0])
+    if n < 2:
+        raise DataError(f"only {n} window(s): need at least 2 to hold some out for validation")
+    g = torch.Generator().manual_seed(seed)
+    if episode is not None:
+        eps = torch.unique(episode)
+        perm = eps[torch.randperm(len(eps), generator=g)]
+        n_val_eps = max(1, int(round(len(eps) * val_fraction)))
+        if n_val_eps >= len(eps):
+            raise DataError(f"only {len(eps)} episode(s): need at least 2 for a held-out split")
+        is_val = torch.isin(episode, perm[:n_val_eps])
+    else:
+        n_val = max(1, int(round(n * val_fraction)))
+        is_val = torch.zeros(n, dtype=torch.bool)
+        is_val[n - n_val :] = True
+    tr = {k: v[~is_val] for k, v in tensors.items()}
+    va = {k: v[is_val] for k, v in tensors.items()}
+    return WindowTensors(tr), WindowTensors(va)
+
+
+def load_windows(cfg: Config, k: int) -> tuple[WindowTensors, WindowTensors]:
+    """Read ``cfg.data.path`` with the simulator's reader (shards and/or flight logs) and split by episode."""
+    from edge.sim.dataset import DatasetError, WindowDataset
+
+    try:
+        ds = WindowDataset(cfg.data.path, k=k, frames=cfg.data.with_frames)
+    except (FileNotFoundError, DatasetError) as e:
+        raise DataError(f"cannot read a dataset at {cfg.data.path!r} ({e}); collect one first, e.g. "
+                        f"python -m edge.sim.collect --episodes 400 --steps 200 --out {cfg.data.path}") from e
+    idx = np.arange(len(ds))
+    if cfg.data.max_windows and cfg.data.max_windows < len(ds) and cfg.data.with_frames:
+        idx = np.sort(np.random.default_rng(cfg.train.seed).choice(len(ds), cfg.data.max_windows, replace=False))
+    tensors = {key: torch.from_numpy(np.ascontiguousarray(v)) for key, v in ds.batch(idx).items()}
+    if cfg.data.with_frames and "frame" not in tensors:
+        raise DataError(f"{cfg.data.path} has no camera frames; collect with --camera for a camera model")
+    return split_windows(tensors, cfg.data.val_fraction, torch.from_numpy(ds.window_episode[idx]), seed=cfg.train.seed)
