@@ -166,6 +166,23 @@ class RecorderConfig:
         _require(self.chunk_size >= 1024, "recorder.chunk_size", "must be >= 1024 bytes")
 
 
+FAULT_KINDS: tuple[str, ...] = ("link_loss", "nan_ranges")
+
+
+@dataclass(frozen=True)
+class FaultConfig:
+    """A fault the simulated robot injects, on simulated time (for testing the safety paths)."""
+
+    kind: str                        # link_loss: no bytes either way; nan_ranges: every range reads NaN
+    at_s: float                      # start, simulated seconds since the simulated ESP32 booted
+    duration_s: float                # how long it lasts
+
+    def __post_init__(self) -> None:
+        _require(self.kind in FAULT_KINDS, "sim.faults.kind", f"must be one of {FAULT_KINDS}, got {self.kind!r}")
+        _require(math.isfinite(self.at_s) and self.at_s >= 0, "sim.faults.at_s", "must be >= 0 seconds")
+        _finite_pos(self.duration_s, "sim.faults.duration_s")
+
+
 @dataclass(frozen=True)
 class SimConfig:
     """``--sim``: the simulated ESP32 (real firmware core) over a pseudo-terminal."""
@@ -177,6 +194,7 @@ class SimConfig:
     max_steps: int = 300             # control ticks per episode before it counts as failed (the sim's budget)
     time_scale: float = 1.0          # >1 runs the simulated robot faster than real time
     gif: bool = True                 # write run.gif (top-down view with the planned path)
+    faults: tuple[FaultConfig, ...] = ()  # injected faults, e.g. [{kind: link_loss, at_s: 3, duration_s: 1}]
 
     def __post_init__(self) -> None:
         _require(self.seed is None or (isinstance(self.seed, int) and self.seed >= 0), "sim.seed",

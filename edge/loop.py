@@ -373,10 +373,11 @@ class ControlLoop:
         self.guard.reset()
         return sent
 
-    def _goal_distance(self, pose: tuple[float, float, float]) -> float | None:
+    def _goal_distance(self, pose: tuple[float, float, float], true_pose: Any) -> float | None:
+        """Distance to the goal pose: from the true pose in simulation, else from odometry."""
         if self._goal is None or self._goal.pose is None:
             return None
-        ref = self.truth() if self.truth is not None else pose
+        ref = true_pose if true_pose is not None else pose
         return math.hypot(ref[0] - self._goal.pose[0], ref[1] - self._goal.pose[1])
 
     # ----------------------------------------------------------------- observe
@@ -521,7 +522,6 @@ class ControlLoop:
             self._send(0.0, 0.0)
             self.guard.reset()
             lap("send")
-            goal_distance = None
         else:
             self.last_obs = obs
             if self._goal is None:
@@ -548,10 +548,10 @@ class ControlLoop:
             if not self._send(*command):
                 command, source = (0.0, 0.0), "safety"
             lap("send")
-            goal_distance = self._goal_distance(obs.pose)
         self._recent.append(command)
 
         true_pose = self.truth() if self.truth is not None else None
+        goal_distance = None if obs is None else self._goal_distance(obs.pose, true_pose)
         if self.recorder is not None:
             self._record(t, obs, z, emb_dist, plan, pred_error, low, reason, command, source, true_pose)
         lap("record")

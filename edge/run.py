@@ -295,7 +295,8 @@ def run_sim(cfg: RunConfig) -> int:
                     fallback = make_fallback(cfg)
                     camera = make_camera(cfg, sim, needed=backend.bundle.planner.encoder == "camera")
                     if cfg.sim.gif and ep == 0:
-                        traj = TrajectoryRecorder(sim.render_topdown, sim.world_to_px, sim.kinematics(cfg.rate_hz))
+                        traj = TrajectoryRecorder(sim.render_topdown, sim.world_to_px,
+                                                  sim.kinematics(cfg.rate_hz, backend.bundle.max_wheel_speed))
                     stats = RunStats(cfg.rate_hz)
                     label = f" episode {ep + 1}/{cfg.sim.episodes}" if cfg.sim.episodes > 1 else ""
                     view = StatusView(cfg.status, stats, link_stats=mc.stats)

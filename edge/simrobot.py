@@ -1,0 +1,294 @@
+"""The simulated robot behind ``edge-run --sim``.
+
+A :class:`edge.sim.esp32.SimulatedESP32` (the real firmware core on a pseudo-terminal) runs in
+a **child process**, as the ESP32 is a separate device on a real robot: its 1 kHz simulation
+thread then never competes with the control loop for the interpreter lock, so the loop's
+timings measure the loop. The parent talks the real protocol over the pty like on a robot and
+asks the child over a pipe only for the ground truth (true pose) used for the goal check, the
+flight log and the pictures.
+
+Around it, :class:`SimRobot` provides what the runtime needs: the episode's goal as an
+observation, top-down pictures for the run GIF, and scheduled **fault injection**
+(``sim.faults``: link loss, NaN range sensors) for testing the safety paths end to end.
+
+Goal observation: noise-free ranges and the camera frame rendered at the goal pose, the pose
+itself (in simulation the odometry frame is the world frame: odometry starts at the true start
+pose), zero wheel speeds. A random evaluation episode's goal is a position in the other room;
+its heading is the direction from the door to the goal (how the robot faces when it arrives
+through the door).
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from edge.config import FaultConfig, RunConfig
+from edge.goals import GoalObservation
+from edge.sim.camera import Camera, render_topdown
+from edge.sim.env import SimConfig
+from edge.sim.sensors import read_ranges
+from edge.sim.world import Layout, WorldConfig, segments
+
+TOPDOWN_PX_PER_M = 100.0
+TOPDOWN_MARGIN_PX = 10  # edge.sim.camera.render_topdown's default margin
+START_TIMEOUT_S = 30.0
+
+
+def sim_config(cfg: RunConfig) -> SimConfig:
+    """The simulator settings of a run: success radius = goal.reach_m, step budget = sim.max_steps."""
+    base = SimConfig()
+    world = WorldConfig(layout="fixed") if cfg.sim.fixed_layout else base.world
+    return replace(base, world=world, success_radius=cfg.goal.reach_m, max_steps=cfg.sim.max_steps)
+
+
+# --------------------------------------------------------------------------- child process
+
+
+def _install_faults(esp: Any, faults: tuple[FaultConfig, ...]) -> None:
+    """Wrap the simulated ESP32's UART and range HAL so scheduled faults act on simulated time."""
+
+    def active(kind: str) -> bool:
+        t = esp.sim_time_s
+        return any(f.kind == kind and f.at_s <= t < f.at_s + f.duration_s for f in faults)
+
+    uart_write, read_host, range_read = esp._hal_uart_write, esp._read_host, esp._hal_range_read
+
+    def hal_uart_write(ctx, buf, length):
+        if not active("link_loss"):
+            uart_write(ctx, buf, length)
+
+    def read_host_or_drop():
+        if not active("link_loss"):
+            return read_host()
+        import os
+
+        while True:  # the cable is cut: bytes from the host never arrive
+            try:
+                if not os.read(esp._master, 4096):
+                    return
+            except (BlockingIOError, OSError):
+                return
+
+    def hal_range_read(ctx, index):
+        return float("nan") if active("nan_ranges") else range_read(ctx, index)
+
+    esp._hal_uart_write, esp._read_host, esp._hal_range_read = hal_uart_write, read_host_or_drop, hal_range_read
+
+
+def _publish_pose(esp: Any, shared: Any) -> None:
+    """After every physics step, write the true pose to shared memory (seqlock: odd = writing)."""
+    physics = esp._physics
+
+    def physics_and_publish(dt: float) -> None:
+        physics(dt)
+        pose = esp._sim.robot.pose[0]
+        shared[0] += 1.0
+        shared[1], shared[2], shared[3] = float(pose[0]), float(pose[1]), float(pose[2])
+        shared[0] += 1.0
+
+    esp._physics = physics_and_publish
+    pose = esp.start_pose
+    shared[1], shared[2], shared[3] = float(pose[0]), float(pose[1]), float(pose[2])
+
+
+def _serve(conn: Any, shared: Any, sim_cfg: SimConfig, seed: int, time_scale: float,
+           goal_xy: tuple[float, float] | None, faults: tuple[FaultConfig, ...]) -> None:
+    """Child process: run the simulated ESP32 and answer the parent's requests until 'stop'."""
+    from edge.sim.esp32 import SimulatedESP32
+
+    try:
+        esp = SimulatedESP32(sim_cfg, seed=seed, time_scale=time_scale, mode="evaluate", camera=False)
+        if goal_xy is not None:
+            esp.set_goal(goal_xy)
+        if faults:
+            _install_faults(esp, faults)
+        _publish_pose(esp, shared)
+        esp.start()
+    except BaseException as e:  # reported to the parent, which raises it
+        conn.send(("error", f"{type(e).__name__}: {e}"))
+        return
+    conn.send(("ready", {"port": esp.port, "start_pose": [float(v) for v in esp.start_pose],
+                         "goal": [float(v) for v in esp.goal], "layout": esp.layout.as_array()[0].tolist()}))
+    try:
+        while True:
+            try:
+                req = conn.recv()
+            except EOFError:
+                break
+            if req == "stop":
+                break
+            try:
+                esp.check()
+                if req == "pose":
+                    conn.send(("ok", esp.true_pose.tolist()))
+                elif req == "stats":
+                    conn.send(("ok", {"collisions": esp.collisions, "dropped_frames": esp.dropped_frames,
+                                      "sim_time_s": esp.sim_time_s, "motor_duty": list(esp.motor_duty())}))
+                else:
+                    conn.send(("error", f"unknown request {req!r}"))
+            except Exception as e:
+                conn.send(("error", f"{type(e).__name__}: {e}"))
+    finally:
+        esp.stop()
+        try:
+            conn.send("stopped")
+        except (BrokenPipeError, OSError):
+            pass
+
+
+# --------------------------------------------------------------------------- parent side
+
+
+class SimRobot:
+    """One simulated episode. Use as a context manager (starts/stops the child process).
+
+    Args:
+        cfg: the run configuration (``sim`` and ``goal`` sections).
+        seed: the episode's seed (layout, start, goal, sensor noise).
+    """
+
+    def __init__(self, cfg: RunConfig, seed: int):
+        self.cfg = cfg
+        self.seed = int(seed)
+        self.sim_cfg = sim_config(cfg)
+        robot = self.sim_cfg.robot
+        self.wheel_radius = robot.wheel_radius
+        self.wheel_base = robot.wheel_base
+        self.ticks_per_rev = int(robot.ticks_per_rev)
+        self._camera = Camera(self.sim_cfg.camera, self.sim_cfg.world)
+        self._proc: Any = None
+        self._conn: Any = None
+        self._trail: list[tuple[float, float]] = []
+        self.port: str = ""
+        self.start_pose: tuple[float, float, float] = (0.0, 0.0, 0.0)
+        self.goal_xy: tuple[float, float] = (0.0, 0.0)
+        self.layout: Layout | None = None
+        self._seg: np.ndarray | None = None
+
+    # -- lifecycle
+    def start(self) -> SimRobot:
+        ctx = mp.get_context("spawn")
+        parent, child = ctx.Pipe()
+        self._shared = ctx.Array("d", 4, lock=False)  # [seq, x, y, theta], written by the child
+        goal_xy = tuple(self.cfg.goal.pose[:2]) if self.cfg.goal.pose is not None else None
+        self._proc = ctx.Process(target=_serve, name="edge-sim-esp32", daemon=True,
+                                 args=(child, self._shared, self.sim_cfg, self.seed, self.cfg.sim.time_scale, goal_xy,
+                                       tuple(self.cfg.sim.faults)))
+        self._proc.start()
+        child.close()
+        self._conn = parent
+        if not parent.poll(START_TIMEOUT_S):
+            self.stop()
+            raise RuntimeError(f"the simulated ESP32 did not start within {START_TIMEOUT_S:g} s")
+        kind, info = parent.recv()
+        if kind != "ready":
+            self.stop()
+            raise RuntimeError(f"the simulated ESP32 failed to start: {info}")
+        self.port = info["port"]
+        self.start_pose = tuple(float(v) for v in info["start_pose"])  # type: ignore[assignment]
+        self.goal_xy = (float(info["goal"][0]), float(info["goal"][1]))
+        self.layout = Layout.from_array(np.asarray(info["layout"]))
+        self._seg = segments(self.sim_cfg.world, self.layout)
+        self._trail = [self.start_pose[:2]]
+        return self
+
+    def stop(self) -> None:
+        """Stop the child process (idempotent)."""
+        if self._conn is not None:
+            try:
+                self._conn.send("stop")
+                if self._conn.poll(5.0):
+                    self._conn.recv()
+            except (BrokenPipeError, EOFError, OSError):
+                pass
+            self._conn.close()
+            self._conn = None
+        if self._proc is not None:
+            self._proc.join(timeout=5.0)
+            if self._proc.is_alive():
+                self._proc.terminate()
+                self._proc.join(timeout=2.0)
+            self._proc = None
+
+    def __enter__(self) -> SimRobot:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _ask(self, what: str) -> Any:
+        if self._conn is None:
+            raise RuntimeError("SimRobot is not started")
+        self._conn.send(what)
+        kind, value = self._conn.recv()
+        if kind != "ok":
+            raise RuntimeError(f"simulated ESP32: {value}")
+        return value
+
+    # -- truth and pictures
+    def true_pose(self) -> tuple[float, float, float]:
+        """Ground-truth pose (x, y, theta) of the simulated robot, world frame (read from the
+        shared memory the child updates after every physics step; no round trip)."""
+        if self._proc is None:
+            raise RuntimeError("SimRobot is not started")
+        shared = self._shared
+        while True:
+            seq = shared[0]
+            pose = (shared[1], shared[2], shared[3])
+            if seq == shared[0] and int(seq) % 2 == 0:
+                break
+        last = self._trail[-1]
+        if math.hypot(pose[0] - last[0], pose[1] - last[1]) > 0.01:
+            self._trail.append(pose[:2])
+        return pose  # type: ignore[return-value]
+
+    def stats(self) -> dict[str, Any]:
+        """Simulator counters: collisions, dropped UART frames, simulated time, motor duties."""
+        return self._ask("stats")
+
+    def render_camera(self) -> np.ndarray:
+        """Forward camera frame ``uint8 [64, 64, 3]`` at the true pose."""
+        return self._camera.render(np.asarray(self.true_pose()).reshape(1, 3), self._seg, self.layout.wall_x)[0]
+
+    def render_topdown(self) -> np.ndarray:
+        """Top-down RGB image: walls, goal, robot (true pose) and its trail."""
+        pose = np.asarray(self.true_pose())
+        ranges = read_ranges(self.sim_cfg.ranges, pose.reshape(1, 3), self.sim_cfg.robot.radius, self._seg,
+                             rng=None)[0]
+        return render_topdown(self.sim_cfg.world, self.layout, pose, radius=self.sim_cfg.robot.radius,
+                              goal=np.asarray(self.goal_xy), goal_radius=self.sim_cfg.success_radius,
+                              trail=np.asarray(self._trail), ranges=ranges, px_per_m=TOPDOWN_PX_PER_M)
+
+    def world_to_px(self, x: float, y: float) -> tuple[int, int]:
+        """World metres -> pixel (column, row) of :meth:`render_topdown`."""
+        w = self.sim_cfg.world
+        return (int(round((x + w.half_width) * TOPDOWN_PX_PER_M)) + TOPDOWN_MARGIN_PX,
+                int(round((w.half_height - y) * TOPDOWN_PX_PER_M)) + TOPDOWN_MARGIN_PX)
+
+    def kinematics(self, rate_hz: float, max_wheel_speed: float) -> tuple[float, float, float, float]:
+        """``(wheel_radius, wheel_base, max_wheel_speed, dt)`` for drawing planned paths."""
+        return (self.wheel_radius, self.wheel_base, float(max_wheel_speed), 1.0 / rate_hz)
+
+    # -- goals
+    def goal_pose(self) -> tuple[float, float, float]:
+        """``goal.pose`` if configured, else the sampled goal position facing away from the door."""
+        if self.cfg.goal.pose is not None:
+            return tuple(float(v) for v in self.cfg.goal.pose)  # type: ignore[return-value]
+        gx, gy = self.goal_xy
+        theta = math.atan2(gy - float(self.layout.door_y[0]), gx - float(self.layout.wall_x[0]))
+        return (gx, gy, theta)
+
+    def observation_at(self, pose: tuple[float, float, float], name: str = "goal") -> GoalObservation:
+        """What the robot would sense standing still at ``pose`` (noise-free ranges, camera)."""
+        p = np.asarray(pose, np.float64).reshape(1, 3)
+        ranges = read_ranges(self.sim_cfg.ranges, p, self.sim_cfg.robot.radius, self._seg, rng=None)[0]
+        frame = self._camera.render(p, self._seg, self.layout.wall_x)[0]
+        return GoalObservation(ranges, tuple(float(v) for v in pose), (0.0, 0.0), frame, name)  # type: ignore[arg-type]
+
+    def goal_observation(self) -> GoalObservation:
+        return self.observation_at(self.goal_pose())
