@@ -7,6 +7,7 @@ Example::
 
     with Emulator(stable_path="/tmp/edge-esp32") as emu:    # like the udev symlink on a robot
         print(emu.port)          # /tmp/edge-esp32 -> /dev/pts/N
+        emu.reset()              # MCU reset on the same pty (HELLO, boot count + 1)
         emu.restart()            # new process, boot count + 1, symlink re-pointed
 
 A restarted emulator gets a new pty; a ``stable_path`` symlink that is re-pointed on every
@@ -163,6 +164,16 @@ class Emulator:
         if proc.stdout is not None:
             proc.stdout.close()
         self._proc = None
+
+    def reset(self) -> None:
+        """Reset the simulated MCU in place (SIGUSR1): motors stop, the firmware core restarts
+        with ``boot_count + 1`` and sends HELLO (reason SOFTWARE) on the same pty, as a host sees
+        an ESP32 reset that does not drop the USB connection."""
+        if not self.running:
+            raise EmulatorError("the emulator is not running; call start() first")
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGUSR1)
+        self.boot_count += 1
 
     def restart(self, *, kill: bool = True) -> str:
         """Stop (SIGKILL by default: a power cut) and start again with ``boot_count + 1``,

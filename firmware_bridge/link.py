@@ -19,7 +19,8 @@ Behaviour in one place:
 * **Device reset** is detected by a HELLO frame, by the device sequence number going backwards,
   or by the device clock jumping (checked across reconnects too: a HELLO sent while the port
   was closed is usually lost on real USB bridges). On a reset the
-  link re-bases odometry (an encoder offset keeps the host's cumulative counts continuous),
+  link re-bases odometry (an encoder offset makes the first count after the reset continue
+  from the last one before it, whether the device restarted its counters at 0 or not),
   re-sends the configuration it sent before (CONFIG, SET_PID, and a latched ESTOP the host has
   not cleared) and calls ``on_reset``.
 * **Cable pulled**: read or write errors close the port; the reader retries opening with
@@ -171,7 +172,6 @@ class ResetEvent:
     reason: str
     host_time: float
     device: DeviceInfo | None
-    enc_offset: tuple[int, int]   # offset now added to raw encoder counts
 
 
 @dataclass(frozen=True)
@@ -298,6 +298,7 @@ class SerialLink:
         self._last_mcu: tuple[int, float] | None = None  # (mcu_time_us, host_time) of last telemetry
         self._enc_offset = (0, 0)
         self._last_visible: tuple[int, int] | None = None
+        self._rebase_pending = False
         self._seen_device = False
         self._latest: Telemetry | None = None
         self.device_info: DeviceInfo | None = None
@@ -749,6 +750,10 @@ class SerialLink:
                 self._device_reset("clock", now, None)
         self._last_mcu = (mcu, now)
         raw = (int(f["enc_left"]), int(f["enc_right"]))
+        if self._rebase_pending:
+            self._rebase_pending = False
+            if self._last_visible is not None:
+                self._enc_offset = (self._last_visible[0] - raw[0], self._last_visible[1] - raw[1])
         visible = (raw[0] + self._enc_offset[0], raw[1] + self._enc_offset[1])
         self._last_visible = visible
         telemetry = Telemetry(
@@ -782,6 +787,7 @@ class SerialLink:
             if pending.msg_type == MsgType.RESET_ENC and not is_nack:
                 self._enc_offset = (0, 0)
                 self._last_visible = None
+                self._rebase_pending = False
             pending.reply = frame
             pending.event.set()
 
@@ -793,10 +799,9 @@ class SerialLink:
 
     # ---------------------------------------------------------------- resets
     def _device_reset(self, reason: str, now: float, info: DeviceInfo | None) -> None:
-        if self._last_visible is not None:
-            self._enc_offset = self._last_visible
+        self._rebase_pending = True  # the next telemetry continues from the last counts seen
         self._last_mcu = None
-        event = ResetEvent(reason, now, info, self._enc_offset)
+        event = ResetEvent(reason, now, info)
         self._resets.append(event)
         self._counts["device_resets"] += 1
         log.warning("%s: device reset detected (%s); re-basing odometry and re-sending configuration",

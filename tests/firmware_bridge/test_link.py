@@ -174,7 +174,10 @@ def test_hello_after_traffic_is_a_reset_with_continuous_odometry(link, fake_mcu,
     fake_mcu.hello(boot_count=8)
     fake_mcu.telemetry(enc=(20, 30), mcu_time_us=2_000, seq=1)
     t = wait_until(lambda: (lambda x: x if x and x.raw_enc_left == 20 else None)(link.latest()))
-    assert (t.enc_left, t.enc_right) == (1020, -470)
+    assert (t.enc_left, t.enc_right) == (1000, -500)  # continues from the last counts
+    fake_mcu.telemetry(enc=(25, 40))
+    t = wait_until(lambda: (lambda x: x if x and x.raw_enc_left == 25 else None)(link.latest()))
+    assert (t.enc_left, t.enc_right) == (1005, -490)  # and then moves with the device
     wait_until(lambda: len(fake_mcu.frames(MsgType.CONFIG)) == 2, what="CONFIG re-sent")
     wait_until(lambda: len(fake_mcu.frames(MsgType.ESTOP)) == 2, what="ESTOP re-sent")
     assert fake_mcu.frames(MsgType.CONFIG)[1].fields == fake_mcu.frames(MsgType.CONFIG)[0].fields
@@ -196,7 +199,7 @@ def test_clock_going_backwards_is_a_reset(link, fake_mcu, wait_until):
     wait_until(lambda: link.latest() and link.latest().enc_left == 100)
     fake_mcu.telemetry(enc=(5, 5), mcu_time_us=300_000)
     t = wait_until(lambda: (lambda x: x if x and x.raw_enc_left == 5 else None)(link.latest()))
-    assert t.enc_left == 105 and [e.reason for e in link.resets] == ["clock"]
+    assert t.enc_left == 100 and [e.reason for e in link.resets] == ["clock"]
 
 
 def test_reset_enc_zeroes_host_offset(link, fake_mcu, wait_until):
@@ -205,7 +208,8 @@ def test_reset_enc_zeroes_host_offset(link, fake_mcu, wait_until):
     wait_until(lambda: link.latest() and link.latest().enc_left == 100)
     fake_mcu.hello(boot_count=2)
     fake_mcu.telemetry(enc=(1, 1), mcu_time_us=1000, seq=1)
-    wait_until(lambda: link.latest() and link.latest().enc_left == 101)
+    wait_until(lambda: link.latest() and link.latest().raw_enc_left == 1)
+    assert link.latest().enc_left == 100
     link.reset_encoders()
     fake_mcu.telemetry(enc=(0, 0), mcu_time_us=5000)
     t = wait_until(lambda: (lambda x: x if x and x.mcu_time_us == 5000 else None)(link.latest()))
@@ -226,7 +230,7 @@ def test_unplug_reopen_and_reset_detected(link, fake_mcu, wait_until):
     wait_until(lambda: link.state == LinkState.CONNECTED, what="CONNECTED again")
     fake_mcu.telemetry(enc=(7, 8))
     t = wait_until(lambda: (lambda x: x if x and x.raw_enc_left == 7 else None)(link.latest()))
-    assert (t.enc_left, t.enc_right) == (507, 608)
+    assert (t.enc_left, t.enc_right) == (500, 600)
     assert link.states == [LinkState.CONNECTED, LinkState.DISCONNECTED, LinkState.CONNECTED]
     stats = link.stats()
     assert stats.disconnects == 1 and stats.reopens == 1 and stats.device_resets == 1
@@ -265,7 +269,7 @@ def test_callback_exception_does_not_kill_reader(fake_mcu, wait_until):
         lk.wait_for_telemetry(after=0.0)
         fake_mcu.hello(boot_count=2)
         fake_mcu.telemetry(enc=(4, 4), seq=1)
-        wait_until(lambda: lk.latest() and lk.latest().enc_left == 4)
+        wait_until(lambda: lk.latest() and lk.latest().raw_enc_left == 4)
         assert lk.stats().internal_errors == 1
     finally:
         lk.close()

@@ -147,6 +147,30 @@ def test_emulator_restart_reopens_and_detects_reset(emulator):
         assert stats.device_resets == 1 and stats.reopens == 1
 
 
+def test_in_place_reset_detected_without_reopen(emulator):
+    """An MCU reset that keeps the port (SIGUSR1 to the emulator) is seen through its HELLO:
+    boot count + 1, reason SOFTWARE, no disconnect, odometry continuous, CONFIG re-sent."""
+    with _controller(emulator.port, telemetry_period_ms=20) as mc:
+        _drive_until(mc, 5.0, 5.0, lambda t: t.enc_left > 200)
+        _observe_until(mc, lambda t: abs(t.speed_left) < 0.01 and abs(t.speed_right) < 0.01,
+                       what="wheels at rest")
+        before = mc.get_observation()
+        emulator.reset()
+        deadline = time.monotonic() + 5.0
+        while not mc.resets and time.monotonic() < deadline:
+            time.sleep(0.01)
+        (event,) = mc.resets
+        assert event.reason == "hello" and event.device.boot_count == 2
+        assert event.device.reset_reason == protocol.ResetReason.SOFTWARE
+        after = mc.wait_for_observation(timeout=1.0)
+        assert abs(after.enc_left - before.enc_left) <= 2 and abs(after.enc_right - before.enc_right) <= 2
+        deadline = time.monotonic() + 3.0
+        while _periods_ms(mc, 6) != pytest.approx(20.0, abs=1.0):
+            assert time.monotonic() < deadline, "CONFIG was not re-sent after the reset"
+        stats = mc.stats()
+        assert stats.disconnects == 0 and stats.device_resets == 1
+
+
 def test_garbage_on_the_wire_is_counted_and_link_resyncs(relay):
     """Noise towards the host is counted (CRC/frame errors) and decoding resumes with the next
     frame; noise towards the device is dropped by the firmware (RX_ERROR) and commands still
