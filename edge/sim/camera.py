@@ -73,8 +73,20 @@ class Camera:
         self.floor_shade = 1.0 / (1.0 + cfg.shade_per_m * self.floor_perp)  # [Hf]
         ceil = np.asarray(cfg.ceiling_rgb, dtype=np.float32)
         up = (self.horizon - self.rows[~below]) / self.horizon  # 0 at horizon .. 1 at top
-        self.ceiling = (ceil[None, :] * (0.6 + 0.4 * up[:, None])).astype(np.float32)  # [Hc, 3]
-        self.floor_rgb = np.asarray(cfg.floor_rgb, dtype=np.float32)  # [2, 3]
+        self.ceiling = np.clip(ceil[None, :] * (0.6 + 0.4 * up[:, None]) + 0.5, 0, 255).astype(np.uint8)  # [Hc, 3]
+        # Floor colour lookup: [room * 2 + tile, floor row, 3] (shade depends on the row only).
+        floor_rgb = np.asarray(cfg.floor_rgb, dtype=np.float32)  # [2, 3]
+        lut = np.empty((4, len(self.floor_perp), 3), dtype=np.float32)
+        for room in (0, 1):
+            for tile in (0, 1):
+                lut[room * 2 + tile] = floor_rgb[room][None, :] * (self.floor_shade * (1.0 - 0.12 * tile))[:, None]
+        # Pixels are handled packed as uint32 (R | G << 8 | B << 16) so one gather moves a pixel.
+        self.floor_lut = _pack(np.clip(lut + 0.5, 0, 255).astype(np.uint8)).reshape(-1)  # [4 * Hf]
+        self.ceiling = _pack(self.ceiling)  # [Hc]
+        self.floor_ray32 = self.floor_ray.astype(np.float32)
+        self.row_index = np.arange(len(self.floor_perp), dtype=np.int32)[None, :, None]  # [1, Hf, 1]
+        self.n_floor_rows = len(self.floor_perp)
+        self.rows32 = self.rows.astype(np.float32)[None, :, None]  # [1, H, 1]
         self.seg_rgb = SEGMENT_COLOURS.astype(np.float32)
 
     def render(self, pose: np.ndarray, seg: np.ndarray, wall_x: np.ndarray) -> np.ndarray:
@@ -94,19 +106,33 @@ class Camera:
         shade = (stripe / (1.0 + cfg.shade_per_m * perp)).astype(np.float32)
         wall_rgb = self.seg_rgb[np.clip(idx, 0, len(self.seg_rgb) - 1)] * shade[..., None]  # [B, W, 3]
 
-        img = np.empty((b, h, w, 3), dtype=np.float32)
-        img[:, self.ceil_rows] = self.ceiling[None, :, None, :]
-        fx = pose[:, None, None, 0] + self.floor_ray[None] * ca[:, None, :]  # [B, Hf, W]
-        fy = pose[:, None, None, 1] + self.floor_ray[None] * sa[:, None, :]
-        room = fx > wall_x[:, None, None]
-        tile = (np.floor(fx / cfg.tile_m) + np.floor(fy / cfg.tile_m)) % 2
-        k = (self.floor_shade[None, :, None] * (1.0 - 0.12 * tile)).astype(np.float32)
-        floor = np.where(room[..., None], self.floor_rgb[1], self.floor_rgb[0]) * k[..., None]
-        img[:, self.floor_rows] = floor
-        wall = (self.rows[None, :, None] >= top[:, None, :]) & (self.rows[None, :, None] < bot[:, None, :])
-        img = np.where(wall[..., None], wall_rgb[:, None, :, :], img)
-        return np.clip(img + 0.5, 0, 255).astype(np.uint8)
+        wall_px = _pack(np.clip(wall_rgb + 0.5, 0, 255).astype(np.uint8))  # [B, W] packed
 
+        img = np.empty((b, h, w), dtype=np.uint32)
+        img[:, self.ceil_rows] = self.ceiling[None, :, None]
+        # Floor: world position of every floor pixel -> room and checker tile -> colour lookup.
+        x = pose[:, 0:1, None].astype(np.float32)
+        y = pose[:, 1:2, None].astype(np.float32)
+        fx = x + self.floor_ray32[None] * ca[:, None, :].astype(np.float32)  # [B, Hf, W]
+        fy = y + self.floor_ray32[None] * sa[:, None, :].astype(np.float32)
+        inv = np.float32(1.0 / cfg.tile_m)
+        # +1024 tiles keeps the values positive so truncation equals floor
+        tile = ((fx * inv + 1024).astype(np.int32) + (fy * inv + 1024).astype(np.int32)) & 1
+        room = fx > wall_x[:, None, None].astype(np.float32)
+        code = (room * 2 + tile) * self.n_floor_rows + self.row_index
+        img[:, self.floor_rows] = np.take(self.floor_lut, code)
+        wall = (self.rows32 >= top[:, None, :]) & (self.rows32 < bot[:, None, :])  # [B, H, W]
+        np.copyto(img, np.broadcast_to(wall_px[:, None, :], img.shape), where=wall)
+        return np.ascontiguousarray(img.view(np.uint8).reshape(b, h, w, 4)[..., :3])
+
+
+def _pack(rgb: np.ndarray) -> np.ndarray:
+    """``uint8 [..., 3]`` RGB -> ``uint32 [...]`` (R | G << 8 | B << 16)."""
+    rgb = rgb.astype(np.uint32)
+    packed = rgb[..., 0] | (rgb[..., 1] << 8) | (rgb[..., 2] << 16)
+    if np.little_endian:
+        return packed
+    return packed.byteswap()
 
 def render_topdown(
     world: WorldConfig,

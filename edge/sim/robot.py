@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge.sim.geometry import swept_disc_toi
+from edge.sim.geometry import point_segment_distance, swept_disc_toi
 
 _TWO_PI = 2.0 * np.pi
 
@@ -130,6 +130,11 @@ class RobotBatch:
         else:
             ground = np.ones((b, 2))
         collided = np.zeros(b, dtype=bool)
+        # Only robots that could reach a wall within this step need the swept test.
+        clearance = point_segment_distance(self.pose[:, :2], seg).min(axis=1) - cfg.radius
+        reach = cfg.max_wheel_speed * cfg.wheel_radius * dt * 1.001 + 1e-9
+        near = np.nonzero(clearance <= reach)[0]
+        all_near = len(near) == b
         for _ in range(n):
             self.wheel += np.clip(target - self.wheel, -dv, dv)
             gl = self.wheel[:, 0] * ground[:, 0]
@@ -137,7 +142,12 @@ class RobotBatch:
             v, w = wheels_to_body(cfg, gl, gr)
             new = arc_step(self.pose, v, w, h)
             disp = new[:, :2] - self.pose[:, :2]
-            toi = swept_disc_toi(self.pose[:, :2], disp, cfg.radius, seg)
+            if all_near:
+                toi = swept_disc_toi(self.pose[:, :2], disp, cfg.radius, seg)
+            else:
+                toi = np.full(b, np.inf)
+                if len(near):
+                    toi[near] = swept_disc_toi(self.pose[near, :2], disp[near], cfg.radius, seg[near])
             hit = toi <= 1.0
             if hit.any():
                 move_len = np.maximum(np.hypot(disp[:, 0], disp[:, 1]), 1e-12)

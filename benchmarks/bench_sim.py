@@ -1,0 +1,119 @@
+"""Simulator throughput: env steps/s (range sensors only, and with the camera) and edge-collect
+transitions/s, on one core.
+
+    python benchmarks/bench_sim.py [--quick]
+
+Batched stepping (``BatchSim``, vectorised over episodes) is compared with the single-episode
+Gymnasium env in the same run; the full physics runs in every case (4 substeps with exact swept
+collisions, 8 raycasts per robot, camera raycasts + floor casting per pixel). Prints a table and
+writes ``benchmarks/results/bench_sim.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+
+from edge.sim.camera import Camera  # noqa: E402
+from edge.sim.collect import collect_shard  # noqa: E402
+from edge.sim.env import BatchSim, SimConfig, TwoRoomsEnv  # noqa: E402
+from edge.sim.policies import ExplorationConfig  # noqa: E402
+
+
+def bench_batch(cfg: SimConfig, b: int, steps: int, camera: bool) -> float:
+    sim = BatchSim(cfg, b, camera=camera, seed=0)
+    sim.reset()
+    rng = np.random.default_rng(0)
+    acts = rng.uniform(-1, 1, (steps, b, 2))
+    sim.step(acts[0])
+    t = time.perf_counter()
+    for a in acts:
+        sim.step(a)
+    return b * steps / (time.perf_counter() - t)
+
+
+def bench_gym(steps: int, camera: bool) -> float:
+    env = TwoRoomsEnv(camera=camera)
+    env.reset(seed=0)
+    acts = np.random.default_rng(0).uniform(-1, 1, (steps, 2)).astype(np.float32)
+    t = time.perf_counter()
+    for a in acts:
+        env.step(a)
+    return steps / (time.perf_counter() - t)
+
+
+def bench_render(cfg: SimConfig, b: int, reps: int) -> float:
+    sim = BatchSim(cfg, b, seed=0)
+    sim.reset()
+    cam = Camera(cfg.camera, cfg.world)
+    cam.render(sim.robot.pose, sim.seg, sim.layout.wall_x)
+    t = time.perf_counter()
+    for _ in range(reps):
+        cam.render(sim.robot.pose, sim.seg, sim.layout.wall_x)
+    return b * reps / (time.perf_counter() - t)
+
+
+def bench_collect(cfg: SimConfig, episodes: int, steps: int, camera: bool) -> tuple[float, float]:
+    with tempfile.TemporaryDirectory() as d:
+        t = time.perf_counter()
+        entry = collect_shard(cfg, episodes, steps, camera, np.random.SeedSequence(0), Path(d) / "s.npz",
+                              ExplorationConfig())
+        return episodes * steps / (time.perf_counter() - t), entry["door_crossing"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="example: python benchmarks/bench_sim.py")
+    p.add_argument("--quick", action="store_true", help="fewer steps (a smoke run)")
+    args = p.parse_args(argv)
+    q = 0.2 if args.quick else 1.0
+    cfg = SimConfig()
+    rows = []
+
+    def row(name, b, value, unit, goal=None):
+        rows.append({"case": name, "batch": b, "value": round(value, 1), "unit": unit, "goal": goal})
+        print(f"{name:<34} {b:>6} {value:>12,.0f} {unit:<14} {'' if goal is None else f'goal >= {goal:,}'}", flush=True)
+
+    print(f"{'case':<34} {'batch':>6} {'throughput':>12} {'unit':<14}")
+    g1 = bench_gym(int(2000 * q), camera=False)
+    row("gym env, ranges only", 1, g1, "steps/s")
+    for b in (1, 64, 256, 1024):
+        row("BatchSim, ranges only", b, bench_batch(cfg, b, max(20, int(20000 * q / b)), False), "steps/s", 20000)
+    gc = bench_gym(int(500 * q), camera=True)
+    row("gym env, camera", 1, gc, "frames/s")
+    for b in (16, 64, 256):
+        row("BatchSim, camera (step+render)", b, bench_batch(cfg, b, max(5, int(4000 * q / b)), True), "frames/s", 2000)
+    for b in (64, 256):
+        row("camera render only", b, bench_render(cfg, b, max(5, int(4000 * q / b))), "frames/s")
+    tr, cross = bench_collect(cfg, 64, int(200 * q), camera=False)
+    row("edge-collect shard, ranges only", 64, tr, "transitions/s")
+    trc, _ = bench_collect(cfg, 64, int(100 * q), camera=True)
+    row("edge-collect shard, camera", 64, trc, "transitions/s")
+    best_range = max(r["value"] for r in rows if r["case"] == "BatchSim, ranges only")
+    best_cam = max(r["value"] for r in rows if r["case"] == "BatchSim, camera (step+render)")
+    ratios = {"batched_vs_gym_ranges": round(best_range / g1, 1), "batched_vs_gym_camera": round(best_cam / gc, 1)}
+    print(f"batched / single-episode gym: ranges {ratios['batched_vs_gym_ranges']}x, camera {ratios['batched_vs_gym_camera']}x;"
+          f" door crossing in the collect run: {cross:.0%}")
+    out = Path(__file__).resolve().parent / "results" / "bench_sim.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "rows": rows, "ratios": ratios, "door_crossing_fraction": cross, "quick": args.quick,
+        "machine": {"python": sys.version.split()[0], "numpy": np.__version__, "cpu": platform.processor() or platform.machine(),
+                    "load_avg_1m": os.getloadavg()[0]},
+    }, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
