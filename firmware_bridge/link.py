@@ -587,7 +587,7 @@ class SerialLink:
         ser.rts = False
         try:
             ser.open()
-        except (serial.SerialException, OSError, ValueError) as e:
+        except Exception as e:  # SerialException, OSError, termios.error, ValueError: all mean "cannot open"
             raise PortOpenError(open_error_message(path, e)) from e
         self._apply_low_latency(ser)
         with self._tx_lock:
