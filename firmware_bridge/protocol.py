@@ -263,9 +263,15 @@ def crc16(data: bytes) -> int:
     return _crc_hqx(data, _CRC_INIT)
 
 
+_CODE_BYTE = [bytes((i,)) for i in range(256)]
+
+
 def cobs_encode(data: bytes) -> bytes:
     """COBS-encode ``data`` (the result contains no 0x00). A run of 254 non-zero bytes is
     written as code 0xFF; the last block is always written, so ``b""`` -> ``b"\\x01"``."""
+    if len(data) < 254:  # every frame: no block can reach 254 bytes
+        code = _CODE_BYTE
+        return b"".join([code[len(seg) + 1] + seg for seg in data.split(b"\x00")])
     out = bytearray()
     for seg in data.split(b"\x00"):
         while len(seg) >= 254:
@@ -280,13 +286,29 @@ def cobs_encode(data: bytes) -> bytes:
 def cobs_decode(packet: bytes) -> bytes:
     """Inverse of :func:`cobs_encode`. Raises :class:`FrameError` on a 0x00 byte or a code
     pointing past the end."""
+    if 0 in packet:
+        raise FrameError("COBS packet contains a 0x00 byte")
+    parts = []
+    i = 0
+    n = len(packet)
+    while i < n:
+        code = packet[i]
+        end = i + code
+        if end > n:
+            raise FrameError(f"COBS code {code} at offset {i} runs past the packet end ({n})")
+        if code == 0xFF:  # block without an implied zero: rare, take the general path
+            return _cobs_decode_general(packet)
+        parts.append(packet[i + 1:end])
+        i = end
+    return b"\x00".join(parts)
+
+
+def _cobs_decode_general(packet: bytes) -> bytes:
     out = bytearray()
     i = 0
     n = len(packet)
     while i < n:
         code = packet[i]
-        if code == 0:
-            raise FrameError("COBS packet contains a 0x00 byte")
         end = i + code
         if end > n:
             raise FrameError(f"COBS code {code} at offset {i} runs past the packet end ({n})")
@@ -301,7 +323,7 @@ class _Codec:
     """Per-type precompiled layout used by the hot path."""
 
     __slots__ = ("spec", "type", "type_id", "struct", "names", "name_set", "slices",
-                 "scalar_only")
+                 "scalar_only", "array_positions")
 
     def __init__(self, spec: MessageSpec) -> None:
         self.spec = spec
@@ -317,6 +339,9 @@ class _Codec:
             slices.append((f.name, pos, f.count))
             pos += f.count
         self.slices = tuple(slices)
+        # positions of array fields in the getter's list, last first (flattened in place)
+        self.array_positions = tuple(
+            i for i in reversed(range(len(spec.fields))) if spec.fields[i].count > 1)
 
 
 _CODECS: dict[int, _Codec] = {int(t): _Codec(s) for t, s in MESSAGES.items()}
@@ -363,18 +388,11 @@ def encode(msg_type: MsgType, seq: int, ack: int = 0, **fields: Any) -> bytes:
         raise EncodeError(
             f"{codec.type.name} takes fields {list(codec.names)}; missing {missing}, unknown {unknown}"
         )
+    values = [fields[n] for n in codec.names]
     try:
-        if codec.scalar_only:
-            body = codec.struct.pack(PROTOCOL_VERSION, codec.type_id, seq, ack,
-                                     *[fields[n] for n in codec.names])
-        else:
-            values: list[Any] = []
-            for name, _, count in codec.slices:
-                if count == 1:
-                    values.append(fields[name])
-                else:
-                    values.extend(fields[name])
-            body = codec.struct.pack(PROTOCOL_VERSION, codec.type_id, seq, ack, *values)
+        for i in codec.array_positions:
+            values[i:i + 1] = values[i]
+        body = codec.struct.pack(PROTOCOL_VERSION, codec.type_id, seq, ack, *values)
     except (struct.error, TypeError) as e:
         raise _encode_error(codec, seq, ack, fields, e) from e
     return cobs_encode(body + _CRC.pack(_crc_hqx(body, _CRC_INIT))) + b"\x00"
