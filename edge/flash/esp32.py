@@ -319,16 +319,17 @@ def check_protocol(port: str, expected: int | None = None, timeout_s: float = 5.
 
     want = protocol.PROTOCOL_VERSION if expected is None else expected
     hello = read_hello(port, timeout_s)
-    source = "HELLO" if hello.from_hello else "frame header (no HELLO seen: the board could not be reset)"
+    source = ("its HELLO" if hello.from_hello else
+              "its frame headers; no HELLO seen, the port cannot reset the board")
     if hello.protocol_version != want:
-        raise FlashError(f"the firmware on {port} speaks protocol version {hello.protocol_version} ({source}), "
+        raise FlashError(f"the firmware on {port} speaks protocol version {hello.protocol_version} (from {source}), "
                          f"this host speaks {want}: flash the firmware from this same checkout "
                          "(`pio run` in firmware_bridge/firmware/esp32, then edge-flash esp32), or install "
                          "the edge-jepa version that matches the firmware")
     extra = ""
     if hello.fw_version is not None:
         extra = f", firmware {hello.fw_version >> 8}.{hello.fw_version & 0xFF}, boot #{hello.boot_count}"
-    log(f"  protocol version {hello.protocol_version} matches the host ({source}{extra})")
+    log(f"  protocol version {hello.protocol_version} matches the host (from {source}{extra})")
     return hello
 
 
