@@ -297,3 +297,14 @@ def test_on_telemetry_sees_every_frame_in_order(fake_mcu, wait_until):
     finally:
         lk.close()
     assert [t.enc_left for t in got] == list(range(20))
+
+
+def test_sequence_going_backwards_is_a_reset(link, fake_mcu, wait_until):
+    """A device seq that jumps backwards (HELLO lost) is a reset, even if the clock looks fine."""
+    fake_mcu.telemetry(seq=300, enc=(40, 40))
+    fake_mcu.telemetry(seq=301, enc=(41, 41))
+    wait_until(lambda: link.latest() and link.latest().seq == 301)
+    fake_mcu.telemetry(seq=2, enc=(3, 3))
+    t = wait_until(lambda: (lambda x: x if x and x.seq == 2 else None)(link.latest()))
+    assert [e.reason for e in link.resets] == ["sequence"] and t.enc_left == 41
+    assert link.stats().seq_gaps == 0
