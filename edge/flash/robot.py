@@ -446,7 +446,7 @@ def flash_robot(cfg: RobotFlashConfig, transport: SshTransport | None = None,
                           for name, text in units.items())
     is_current = current_target == f"releases/{rid}"
     release_ok = info.flag("release") and info.flag("verified")
-    venv_ok = info.get("venv_stamp") == rid
+    venv_ok = release_ok and info.get("venv_stamp") == rid  # a re-copied release gets a new venv
 
     if is_current and release_ok and venv_ok and units_installed:
         log(f"already up to date: {cfg.host} runs release {rid} (every file verified by sha256, venv complete, "

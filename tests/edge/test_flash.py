@@ -393,3 +393,16 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["robot", "--host", "pi@robot", "--device", "cpu"])
     assert exc.value.code == 2
+
+
+def test_damaged_release_is_copied_again_with_a_new_venv(setup):
+    """A release folder on the robot whose files no longer verify (a damaged SD card) is
+    copied again and, since the copy replaces the folder, gets a fresh venv even though the
+    old folder had a complete one."""
+    cfg = _cfg(setup)
+    rid = fr.release_id(cfg, fr.sha256_path(setup["wheel"]), setup["bundle"], setup["recipes"])
+    probe = dict(JETSON_PROBE, release="1", venv_stamp=rid)  # present, stamped, but not verified
+    t = FakeTransport(probe)
+    fr.flash_robot(cfg, transport=t, log=lambda _: None)
+    assert [k for k, _ in t.scripts] == ["probe", "prepare", "verify", "venv", "selftest", "switch", "service"]
+    assert len(t.uploads) == 1
