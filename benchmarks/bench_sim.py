@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 from edge.sim.camera import Camera  # noqa: E402
 from edge.sim.collect import collect_shard  # noqa: E402
 from edge.sim.env import BatchSim, SimConfig, TwoRoomsEnv  # noqa: E402
-from edge.sim.policies import ExplorationConfig  # noqa: E402
+from edge.sim.policies import ExplorationConfig, ExplorationPolicy, door_crossing_fraction, rollout  # noqa: E402
 
 
 def bench_batch(cfg: SimConfig, b: int, steps: int, camera: bool) -> float:
@@ -72,6 +72,13 @@ def bench_collect(cfg: SimConfig, episodes: int, steps: int, camera: bool) -> tu
         return episodes * steps / (time.perf_counter() - t), entry["door_crossing"]
 
 
+def door_crossing(cfg: SimConfig, episodes: int, steps: int, policy_cfg: ExplorationConfig) -> float:
+    sim = BatchSim(cfg, episodes, seed=0)
+    sim.reset()
+    ep = rollout(sim, ExplorationPolicy(sim, policy_cfg, seed=0), steps)
+    return door_crossing_fraction(ep["true_pose"], sim.layout.wall_x)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="example: python benchmarks/bench_sim.py")
     p.add_argument("--quick", action="store_true", help="fewer steps (a smoke run)")
@@ -99,6 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     row("edge-collect shard, ranges only", 64, tr, "transitions/s")
     trc, _ = bench_collect(cfg, 64, int(100 * q), camera=True)
     row("edge-collect shard, camera", 64, trc, "transitions/s")
+    crossing = {}
+    for steps in (100, 300):
+        crossing[f"mixed_{steps}_steps"] = door_crossing(cfg, 128, steps, ExplorationConfig())
+        crossing[f"random_only_{steps}_steps"] = door_crossing(
+            cfg, 128, steps, ExplorationConfig(p_waypoint=0.0, p_switch=0.0))
+    print("door-crossing fraction (128 episodes): " + ", ".join(f"{k} {v:.0%}" for k, v in crossing.items()))
     best_range = max(r["value"] for r in rows if r["case"] == "BatchSim, ranges only")
     best_cam = max(r["value"] for r in rows if r["case"] == "BatchSim, camera (step+render)")
     ratios = {"batched_vs_gym_ranges": round(best_range / g1, 1), "batched_vs_gym_camera": round(best_cam / gc, 1)}
@@ -107,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(__file__).resolve().parent / "results" / "bench_sim.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
-        "rows": rows, "ratios": ratios, "door_crossing_fraction": cross, "quick": args.quick,
+        "rows": rows, "ratios": ratios, "door_crossing_fraction": crossing, "quick": args.quick,
         "machine": {"python": sys.version.split()[0], "numpy": np.__version__, "cpu": platform.processor() or platform.machine(),
                     "load_avg_1m": os.getloadavg()[0]},
     }, indent=2))

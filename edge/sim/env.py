@@ -140,11 +140,17 @@ class BatchSim:
         self.goal = np.asarray(goal, dtype=np.float64).reshape(b, 2).copy()
         self.robot = RobotBatch(cfg.robot, start)
         self.steps[:] = 0
-        self._sense()
+        self.sense()
         return self.observe()
 
-    def _sense(self) -> None:
+    def sense(self) -> None:
+        """Refresh the range readings from the current true poses (``step`` and ``reset`` do this)."""
         self._ranges = read_ranges(self.cfg.ranges, self.robot.pose, self.cfg.robot.radius, self.seg, self.rng)
+
+    @property
+    def ranges(self) -> np.ndarray:
+        """Latest range readings ``float64 [B, 8]`` (m, NaN = dropout)."""
+        return self._ranges
 
     def observe(self) -> dict[str, np.ndarray]:
         r = self.robot
@@ -177,7 +183,7 @@ class BatchSim:
         a = np.clip(a, -1.0, 1.0)
         collided = self.robot.step(a * self.cfg.robot.max_wheel_speed, self.cfg.dt, self.seg, self.rng)
         self.steps += 1
-        self._sense()
+        self.sense()
         dist = self.goal_distance()
         info = {
             "collided": collided,

@@ -262,7 +262,7 @@ class SimulatedESP32:
     def ranges_m(self) -> np.ndarray:
         """Latest range readings ``[8]`` (m, NaN = dropout), as the firmware sees them."""
         with self._lock:
-            return self._sim._ranges[0].copy()
+            return self._sim.ranges[0].copy()
 
     def camera_frame(self) -> np.ndarray:
         """Forward camera frame ``uint8 [64, 64, 3]`` at the current true pose."""
@@ -279,7 +279,7 @@ class SimulatedESP32:
             img = render_topdown(
                 self.config.world, self._sim.layout, self._sim.robot.pose[0], radius=self.config.robot.radius,
                 goal=self._sim.goal[0], goal_radius=self.config.success_radius,
-                trail=np.array(self._markers.trail), ranges=self._sim._ranges[0], px_per_m=px_per_m,
+                trail=np.array(self._markers.trail), ranges=self._sim.ranges[0], px_per_m=px_per_m,
             )
             plan = self._markers.plan
         if plan is not None and len(plan) > 1:
@@ -324,7 +324,7 @@ class SimulatedESP32:
     def _hal_range_read(self, ctx, index):
         if not 0 <= index < 8:
             return float("nan")
-        return float(self._sim._ranges[0, index])
+        return float(self._sim.ranges[0, index])
 
     def _hal_micros(self, ctx):
         return self._t_us
@@ -429,7 +429,7 @@ class SimulatedESP32:
             if ms % self._phys_ms == 0:
                 self._physics(self._phys_ms / 1000)
             if ms % 20 == 0:
-                self._sim._sense()
+                self._sim.sense()
             if ms % 50 == 0:
                 self._markers.trail.append(self._sim.robot.pose[0, :2].copy())
                 if len(self._markers.trail) > 4000:
