@@ -604,8 +604,8 @@ class SerialLink:
             ser.set_low_latency_mode(True)
         except (ValueError, OSError, NotImplementedError, AttributeError) as e:
             self.low_latency = False
-            self.low_latency_note = f"driver refused low-latency mode ({e}); continuing without"
-            log.info("%s: %s", self.port, self.low_latency_note)
+            self.low_latency_note = "not supported by this port's driver (ptys, some USB bridges); continuing without"
+            log.info("%s: low-latency mode %s: %s", self.port, self.low_latency_note, e)
         else:
             self.low_latency, self.low_latency_note = True, "enabled"
 

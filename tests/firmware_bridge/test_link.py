@@ -52,7 +52,7 @@ def test_open_deasserts_dtr_rts_before_open(fake_mcu):
     lk.open()
     try:
         assert seen == {"dtr": False, "rts": False, "open": False}
-        assert lk.low_latency is False and "refused" in lk.low_latency_note  # ptys refuse it
+        assert lk.low_latency is False and "not supported" in lk.low_latency_note  # ptys refuse it
     finally:
         lk.close()
 
