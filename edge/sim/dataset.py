@@ -250,23 +250,62 @@ def _shard_episodes(path: Path, frames: bool, verify: bool, norm: SensorNormalis
     ]
 
 
+def _read_mcap(path: Path) -> tuple[dict[str, list[dict]], dict[str, dict[str, str]], bool]:
+    """Decode every JSON message of an MCAP file, tolerating a cut-off tail.
+
+    Returns ``(topic -> messages in file order, metadata name -> dict, complete)`` where
+    ``complete`` is False when the file ends before the MCAP footer (a crash). Records after a
+    damaged one are not read (the stream cannot be resynchronised).
+
+    Raises:
+        DatasetError: not an MCAP file, or a message that is not JSON.
+    """
+    from mcap.records import Channel, Footer, Message, Metadata
+    from mcap.stream_reader import StreamReader
+
+    with open(path, "rb") as f:
+        if f.read(8) != b"\x89MCAP0\r\n":
+            raise DatasetError(f"{path}: not an MCAP file (bad magic); expected a flight log from edge-run")
+    channels: dict[int, str] = {}
+    messages: dict[str, list[dict]] = {}
+    metadata: dict[str, dict[str, str]] = {}
+    complete = False
+    with open(path, "rb") as f:
+        records = StreamReader(f, validate_crcs=True).records
+        while True:
+            try:
+                rec = next(records)
+            except StopIteration:
+                break
+            except Exception:  # noqa: BLE001 - the mcap library raises many types at a torn tail
+                break
+            if isinstance(rec, Channel):
+                channels[rec.id] = rec.topic
+            elif isinstance(rec, Message) and rec.channel_id in channels:
+                try:
+                    messages.setdefault(channels[rec.channel_id], []).append(json.loads(rec.data))
+                except ValueError as e:
+                    raise DatasetError(f"{path}: a {channels[rec.channel_id]} message is not JSON ({e})") from e
+            elif isinstance(rec, Metadata):
+                metadata[rec.name] = dict(rec.metadata)
+            elif isinstance(rec, Footer):
+                complete = True
+    return messages, metadata, complete
+
+
 def _flight_log_episodes(path: Path, frames: bool, norm: SensorNormalisation | None) -> list[_Episode]:
-    from edge.recorder import read_flight_log
     from edge.sim.flight_log import decode_frame
 
-    try:
-        fl = read_flight_log(path)
-    except Exception as e:  # the mcap library raises many types for damaged files
-        raise DatasetError(f"{path}: corrupt flight log ({type(e).__name__}: {e})") from e
-    if not fl.complete:
+    messages, metadata, complete = _read_mcap(path)
+    if not complete:
         log.warning("%s: flight log is truncated (no MCAP footer, e.g. after a crash): using the ticks before the cut", path)
     topics = ["/obs", "/action", "/true_pose"] + (["/camera"] if frames else [])
     data: dict[str, dict[int, dict]] = {t: {} for t in topics}
     try:
         for t in topics:
-            for msg in fl.messages.get(t, []):
+            for msg in messages.get(t, []):
                 data[t][int(msg["tick"])] = msg
-        meta_norm = {k: float(json.loads(v)) for k, v in fl.metadata.get("normalisation", {}).items()}
+        meta_norm = {k: float(json.loads(v)) for k, v in metadata.get("normalisation", {}).items()}
     except (KeyError, TypeError, ValueError) as e:
         raise DatasetError(f"{path}: malformed flight log message or metadata ({type(e).__name__}: {e})") from e
     for t in ("/obs", "/action") + (("/camera",) if frames else ()):

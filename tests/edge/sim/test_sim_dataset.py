@@ -203,3 +203,37 @@ def test_sim_view_writes_gif_and_png(dataset, tmp_path):
     png = np.asarray(Image.open(tmp_path / "b.png"))
     assert png.shape[1] > png.shape[0] and png.std() > 10
     assert view_main(["--steps", "10", "--out", str(tmp_path / "b.jpg")]) == 1
+
+
+def test_reads_the_runtime_recorders_logs_including_a_truncated_one(tmp_path, caplog):
+    """A log written by edge.recorder.FlightRecorder (the real writer) gives windows whose
+    sensor vectors match sensor_vector of what was recorded; the same log cut mid-file (a crash)
+    still gives the windows before the cut, with a warning naming the file."""
+    from edge.recorder import FlightRecorder
+
+    norm = SensorNormalisation().as_dict()
+    rng = np.random.default_rng(0)
+    rows = []
+    with FlightRecorder(tmp_path / "flight.mcap", normalisation=norm, flush_period_s=0.01, chunk_size=2048) as rec:
+        for n in range(60):
+            ranges = rng.uniform(0.1, 1.9, 8)
+            pose = rng.uniform(-1, 1, 3)
+            speeds = rng.uniform(-10, 10, 2)
+            rows.append((ranges, pose, speeds))
+            rec.write("/obs", n, n * 0.05, {"ranges_m": ranges.tolist(), "pose": pose.tolist(),
+                                            "wheel_speeds": speeds.tolist()})
+            rec.write("/action", n, n * 0.05, {"left": 0.5, "right": -0.25, "source": "planner"})
+    ds = WindowDataset(tmp_path / "flight.mcap", 4)
+    assert len(ds) == 59 - 4 + 1
+    w = ds[10]
+    r, p, s = (np.array([rows[i][j] for i in range(10, 15)]) for j in range(3))
+    assert np.allclose(w["sensor"], sensor_vector(r, p, s, norm), atol=1e-6)
+    assert np.allclose(w["action"], [[0.5, -0.25]] * 4)
+
+    data = (tmp_path / "flight.mcap").read_bytes()
+    (tmp_path / "cut.mcap").write_bytes(data[: len(data) * 2 // 3])
+    with caplog.at_level(logging.WARNING):
+        cut = WindowDataset(tmp_path / "cut.mcap", 4)
+    assert "cut.mcap" in caplog.text and "truncated" in caplog.text
+    assert 0 < len(cut) < len(ds)
+    assert np.allclose(cut[0]["sensor"], ds[0]["sensor"])

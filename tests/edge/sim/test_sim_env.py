@@ -8,10 +8,13 @@ from edge.sim.policies import ExplorationConfig, ExplorationPolicy, door_crossin
 
 
 def test_gym_env_passes_checker_and_declares_spaces():
-    """The env passes gymnasium's env checker (spaces, seeding, render) with the camera on."""
+    """The registered env (gymnasium.make) passes gymnasium's env checker (spaces, seeding,
+    render) with the camera on."""
+    import gymnasium as gym
     from gymnasium.utils.env_checker import check_env
 
-    env = TwoRoomsEnv(camera=True, render_mode="rgb_array")
+    env = gym.make("EdgeJepa/TwoRooms-v0", camera=True, render_mode="rgb_array", disable_env_checker=True).unwrapped
+    assert isinstance(env, TwoRoomsEnv)
     check_env(env, skip_render_check=False)
     obs, info = env.reset(seed=0)
     assert env.observation_space.contains(obs)
