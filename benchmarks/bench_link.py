@@ -8,6 +8,8 @@
    to the wheels being at rest (|speed| < 0.05 rad/s). Telemetry runs at 1 ms for resolution;
    host and device clocks are aligned by the minimum host-receive minus device-time offset.
    Goal: motors cut <= 220 ms after the last frame (the firmware watchdog is 200 ms).
+   Compared in the same run with an explicit stop (one SET_VEL 0, the PID brakes): why
+   MotorController always sends one on exit instead of relying on the watchdog.
 
 Run:  python benchmarks/bench_link.py [--pings 2000] [--trials 10]
 Writes benchmarks/results/link.json and prints a table.
@@ -71,7 +73,9 @@ def bench_ping_raw(port: str, n: int, warmup: int) -> list[float]:
     return rtts
 
 
-def bench_watchdog(port: str, trials: int) -> list[dict]:
+def bench_watchdog(port: str, trials: int, explicit_stop: bool = False) -> list[dict]:
+    """Per trial: drive at 6 rad/s, then either go silent (watchdog) or send one SET_VEL(0, 0)
+    and go silent (``explicit_stop``: the PID brakes). Times in ms from that last frame."""
     frames: list[Telemetry] = []
     lock = threading.Lock()
 
@@ -91,7 +95,7 @@ def bench_watchdog(port: str, trials: int) -> list[dict]:
             with lock:
                 frames.clear()
             t_last = time.monotonic()               # just before the last frame is written
-            link.send_velocity(6.0, 6.0)
+            link.send_velocity(*((0.0, 0.0) if explicit_stop else (6.0, 6.0)))
             deadline = t_last + 2.0
             while time.monotonic() < deadline:
                 latest = link.latest()
@@ -104,7 +108,7 @@ def bench_watchdog(port: str, trials: int) -> list[dict]:
             offset = min(t.host_time - t.mcu_time_us * 1e-6 for t in seen)  # host = mcu + offset
             last_mcu = t_last - offset
             cut = next((t for t in seen if t.watchdog_tripped), None)
-            rest = next((t for t in seen if cut is not None and t.seq >= cut.seq
+            rest = next((t for t in seen if t.host_time > t_last and (explicit_stop or cut is not None and t.seq >= cut.seq)
                          and abs(t.speed_left) < REST_RAD_S and abs(t.speed_right) < REST_RAD_S), None)
             results.append({
                 "cut_ms": None if cut is None else (cut.mcu_time_us * 1e-6 - last_mcu) * 1e3,
@@ -137,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         raw_rtt = ping_summary(bench_ping_raw(emu.port, args.pings, args.warmup))
     with Emulator(executable=exe) as emu:
         trials = bench_watchdog(emu.port, args.trials)
+        braked = bench_watchdog(emu.port, args.trials, explicit_stop=True)
+    braked_rest = np.array([t["rest_ms"] for t in braked if t["rest_ms"] is not None])
 
     cut = np.array([t["cut_ms"] for t in trials if t["cut_ms"] is not None])
     rest = np.array([t["rest_ms"] for t in trials if t["rest_ms"] is not None])
@@ -145,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
         "cut_ms": {"min": float(cut.min()), "p50": float(np.median(cut)), "max": float(cut.max())} if cut.size else None,
         "rest_ms": {"min": float(rest.min()), "p50": float(np.median(rest)), "max": float(rest.max())} if rest.size else None,
         "missed_trials": int(len(trials) - cut.size),
+        "explicit_stop_rest_ms": {"min": float(braked_rest.min()), "p50": float(np.median(braked_rest)),
+                                  "max": float(braked_rest.max())} if braked_rest.size else None,
+        "explicit_stop_trials": braked,
     }
     result = {
         "benchmark": "link",
@@ -170,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"link / floor p50 ratio: {result['link_over_floor_p50']:.2f}x   (n={args.pings} each)")
     print(f"{'measurement':44s} {'min':>9s} {'p50':>9s} {'max':>9s}")
     for name, s in ((f"last frame -> motors cut (ms, {len(trials)} trials)", stop["cut_ms"]),
-                    (f"last frame -> wheels < {REST_RAD_S} rad/s (ms)", stop["rest_ms"])):
+                    (f"last frame -> wheels < {REST_RAD_S} rad/s (ms)", stop["rest_ms"]),
+                    ("explicit SET_VEL 0 -> wheels at rest (ms)", stop["explicit_stop_rest_ms"])):
         if s is None:
             print(f"{name:44s} {'n/a':>9s}")
         else:
