@@ -10,7 +10,7 @@ targets ``(left, right) in [-1, 1]^2``; wheel target = ``action * max_wheel_spee
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import gymnasium as gym
 import numpy as np
@@ -163,6 +163,25 @@ class BatchSim:
         }
         if self.camera is not None:
             obs["frame"] = self.camera.render(r.pose, self.seg, self.layout.wall_x)
+        return obs
+
+    def observe_at(self, pose: np.ndarray) -> dict[str, np.ndarray]:
+        """What the robot would observe standing still at ``pose [B, 3]`` (true = odometry pose),
+        without changing the episode state: ``ranges``, ``pose``, ``wheel_speeds`` (zeros),
+        ``sensor`` and, with the camera, ``frame``. Noise-free. Use it to make goal observations
+        (e.g. at the goal position with a chosen heading)."""
+        pose = np.asarray(pose, dtype=np.float64).reshape(self.num_envs, 3)
+        clean = replace(self.cfg.ranges, noise_std=0.0, dropout_prob=0.0)
+        ranges = read_ranges(clean, pose, self.cfg.robot.radius, self.seg)
+        zeros = np.zeros((self.num_envs, 2))
+        obs = {
+            "ranges": ranges.astype(np.float32),
+            "pose": pose.astype(np.float32),
+            "wheel_speeds": zeros.astype(np.float32),
+            "sensor": sensor_vector(ranges, pose, zeros, self.norm),
+        }
+        if self.camera is not None:
+            obs["frame"] = self.camera.render(pose, self.seg, self.layout.wall_x)
         return obs
 
     def goal_distance(self) -> np.ndarray:

@@ -271,6 +271,14 @@ class SimulatedESP32:
                 raise RuntimeError("SimulatedESP32 was created with camera=False")
             return self._sim.camera.render(self._sim.robot.pose, self._sim.seg, self._sim.layout.wall_x)[0]
 
+    def observe_at(self, pose) -> dict[str, np.ndarray]:
+        """Noise-free observation standing still at ``pose [3]`` (``BatchSim.observe_at``),
+        e.g. the goal observation: ``ranges [8]``, ``pose [3]``, ``wheel_speeds [2]``,
+        ``sensor [14]`` and, with the camera, ``frame [64, 64, 3]``."""
+        with self._lock:
+            obs = self._sim.observe_at(np.asarray(pose, dtype=np.float64).reshape(1, 3))
+        return {k: v[0] for k, v in obs.items()}
+
     def render_topdown(self, px_per_m: float = 100.0) -> np.ndarray:
         """Top-down RGB image: walls, goal, the robot, its trail and the planned path if set."""
         import cv2

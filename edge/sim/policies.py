@@ -133,6 +133,45 @@ class ExplorationPolicy:
         return np.clip(action, -1.0, 1.0)
 
 
+class GoalPolicy:
+    """Privileged goal-reaching controller (a baseline and a check of the task's step budget):
+    drives to the goal through the door when the goal is in the other room, using the true
+    pose and the layout. ``act() -> [B, 2]``; zero action once within the success radius."""
+
+    def __init__(self, sim: BatchSim, speed: float = 1.0, turn_gain: float = 1.5, door_offset_m: float = 0.25,
+                 reach_m: float = 0.08):
+        self.sim = sim
+        self.speed = speed
+        self.turn_gain = turn_gain
+        self.reach_m = reach_m
+        b = sim.num_envs
+        room = room_of(sim.layout, sim.robot.pose[:, :2])
+        other = room != room_of(sim.layout, sim.goal)
+        before, after = door_waypoints(sim.layout, room, door_offset_m)
+        goal = sim.goal
+        self.route = np.where(other[:, None, None], np.stack([before, after, goal], 1), goal[:, None, :])
+        self.route_len = np.where(other, 3, 1)
+        self.pos = np.zeros(b, dtype=np.int64)
+
+    def act(self, collided: np.ndarray | None = None) -> np.ndarray:
+        sim = self.sim
+        b = sim.num_envs
+        pose = sim.robot.pose
+        wp = self.route[np.arange(b), np.minimum(self.pos, 2)]
+        d = wp - pose[:, :2]
+        last = self.pos >= self.route_len - 1
+        self.pos += (np.hypot(d[:, 0], d[:, 1]) < self.reach_m) & ~last
+        wp = self.route[np.arange(b), np.minimum(self.pos, 2)]
+        d = wp - pose[:, :2]
+        dist = np.hypot(d[:, 0], d[:, 1])
+        err = wrap_angle(np.arctan2(d[:, 1], d[:, 0]) - pose[:, 2])
+        fwd = self.speed * np.clip(np.cos(err), 0.0, 1.0) ** 2 * np.clip(dist / 0.2, 0.3, 1.0)
+        turn = np.clip(self.turn_gain * err, -1.0, 1.0)
+        a = np.stack([fwd - turn, fwd + turn], -1)
+        done = (self.pos >= self.route_len - 1) & (sim.goal_distance() <= sim.cfg.success_radius * 0.5)
+        return np.where(done[:, None], 0.0, np.clip(a, -1.0, 1.0))
+
+
 def rollout(sim: BatchSim, policy: ExplorationPolicy, steps: int, *, camera: bool | None = None) -> dict[str, np.ndarray]:
     """Run ``steps`` steps from the sim's current state and stack the episode arrays.
 

@@ -19,7 +19,7 @@ from edge.sim.view import main as view_main
 def dataset(tmp_path_factory):
     out = tmp_path_factory.mktemp("ds")
     rc = collect_main(["--episodes", "6", "--steps", "30", "--out", str(out), "--camera",
-                       "--shard-episodes", "3", "--seed", "1"])
+                       "--shard-episodes", "3", "--seed", "1", "--preview"])
     assert rc == 0
     return out
 
@@ -31,6 +31,23 @@ def test_collect_writes_index_and_shards(dataset):
     assert [s["file"] for s in index["shards"]] == ["shard-00000.npz", "shard-00001.npz"]
     assert all(len(s["sha256"]) == 64 and s["bytes"] > 0 for s in index["shards"])
     assert index["normalisation"] == SensorNormalisation().as_dict()
+
+
+def test_collect_preview_and_config_round_trip(dataset):
+    """--preview writes an animated GIF, and the SimConfig stored in a shard rebuilds exactly."""
+    from dataclasses import asdict, replace
+
+    from PIL import Image
+
+    from edge.sim.env import SimConfig
+    from edge.sim.view import _config_from_meta
+
+    assert Image.open(dataset / "preview.gif").n_frames > 1
+    meta = read_shard(dataset / "shard-00000.npz")["meta"]
+    cfg = _config_from_meta(meta)
+    assert cfg.ranges.noise_std == 0.01 and cfg.robot.slip_std == 0.02
+    odd = replace(SimConfig(), max_steps=77)
+    assert _config_from_meta(json.loads(json.dumps({"config": asdict(odd)}))) == odd
 
 
 def test_collect_is_deterministic_and_worker_independent(dataset, tmp_path):

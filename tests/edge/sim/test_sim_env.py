@@ -94,3 +94,35 @@ def test_exploration_policy_crosses_the_door_far_more_than_random():
     assert mixed > 2 * random_only
     assert np.all(np.abs(ep["action"]) <= 1.0)
     assert ep["action"].std() > 0.3  # actions cover the range, not one fixed command
+
+
+def test_goal_policy_crosses_rooms_well_within_the_step_budget():
+    """The task is sized right: a privileged controller at full speed reaches every goal in the
+    other room, and in under two thirds of the 300-step budget."""
+    from edge.sim.policies import GoalPolicy
+
+    cfg = SimConfig()
+    sim = BatchSim(cfg, 64, seed=2)
+    sim.reset(mode="evaluate")
+    policy = GoalPolicy(sim)
+    first = np.full(64, -1)
+    for t in range(cfg.max_steps):
+        _, info = sim.step(policy.act())
+        first[(first < 0) & info["success"]] = t + 1
+    assert np.all(first > 0)
+    assert first.max() < 2 * cfg.max_steps / 3
+
+
+def test_observe_at_matches_the_episode_and_leaves_it_unchanged():
+    """observe_at(true pose) gives the same ranges and frame as the episode's own observation
+    (noise-free sim) and does not move the robot."""
+    sim = BatchSim(SimConfig(), 3, camera=True, seed=1)
+    sim.reset()
+    obs, _ = sim.step(np.full((3, 2), 0.5))
+    pose = sim.robot.pose.copy()
+    at = sim.observe_at(pose)
+    assert np.allclose(at["ranges"], obs["ranges"]) and np.array_equal(at["frame"], obs["frame"])
+    assert np.array_equal(at["wheel_speeds"], np.zeros((3, 2), np.float32))
+    assert np.array_equal(sim.robot.pose, pose)
+    turned = sim.observe_at(pose + [0, 0, np.pi])
+    assert not np.allclose(turned["ranges"], at["ranges"])
