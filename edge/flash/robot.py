@@ -470,7 +470,7 @@ def flash_robot(cfg: RobotFlashConfig, transport: SshTransport | None = None,
 
     steps.title("self-test on the robot")
     cmd = self_test_command(cfg.self_test, release, bundle_name, cfg.device)
-    res = steps.remote("self-test", self_test_script(release, cmd), timeout_s=cfg.self_test_timeout_s)
+    res = steps.remote("self-test", self_test_script(release, cmd, remote), timeout_s=cfg.self_test_timeout_s)
     if res is not None:
         output = (res.stdout + res.stderr).strip()
         if not res.ok:
@@ -630,9 +630,12 @@ def venv_script(cfg: RobotFlashConfig, release: str, rid: str, outside_pip: bool
     return "\n".join(lines) + "\n"
 
 
-def self_test_script(release: str, command: str) -> str:
+def self_test_script(release: str, command: str, remote: str) -> str:
+    """Run the self-test in the release, with the engine cache the service uses
+    (``<remote-dir>/engines``, as in the unit), so an engine built here is not built again."""
     r = shlex.quote(release)
     return f"""cd {r} || exit 3
+export EDGE_JEPA_ENGINE_DIR={shlex.quote(remote + "/engines")}
 ( {command} ) > SELFTEST.log 2>&1
 rc=$?
 cat SELFTEST.log

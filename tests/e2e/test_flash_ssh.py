@@ -16,6 +16,7 @@ import getpass
 import hashlib
 import json
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -140,25 +141,13 @@ def _bundle(folder: Path, note: str) -> Path:
     return folder
 
 
-UNIT = """[Unit]
-Description=edge-jepa control loop (test recipe)
-[Service]
-User=@EDGE_USER@
-WorkingDirectory=@EDGE_HOME@
-ExecStart=@EDGE_VENV@/bin/edge-run --device @EDGE_DEVICE@ --bundle @EDGE_BUNDLE@
-Restart=on-failure
-[Install]
-WantedBy=multi-user.target
-"""
-
-
 @pytest.fixture(scope="module")
 def recipes(tmp_path_factory):
-    """A pi recipe with every placeholder edge-flash substitutes (docs/ARCHITECTURE.md)."""
-    d = tmp_path_factory.mktemp("recipes")
-    (d / "edge-run.service").write_text(UNIT)
-    (d / "99-edge-esp32.rules").write_text('SUBSYSTEM=="tty", ATTRS{idVendor}=="10c4", SYMLINK+="edge-esp32"\n')
-    (d / "install.sh").write_text("#!/bin/sh\necho install\n")
+    """A snapshot of the repository's pi recipe (build/pi/): the real unit with its @EDGE_*@
+    placeholders, copied so that edits in a shared checkout during the run cannot change it."""
+    d = tmp_path_factory.mktemp("recipes") / "pi"
+    shutil.copytree(REPO / "build" / "pi", d)
+    assert (d / "edge-run.service").is_file(), "build/pi/edge-run.service is missing"
     return d
 
 
@@ -242,7 +231,8 @@ def test_fresh_install_lays_out_a_verified_release(installed):
     assert "self-test ok" in (release / "SELFTEST.log").read_text()
     unit = (remote / "systemd" / "edge-run.service").read_text()
     assert unit == (release / "units" / "edge-run.service").read_text()
-    assert "@EDGE_" not in unit
+    assert not re.search(r"@EDGE_[A-Z]+@", unit)
+    assert f"ExecStart={remote}/current/venv/bin/edge-run --device pi --bundle {remote}/current/bundle/bundle-a" in unit
     assert "--no-systemd" in installed["output"] and "systemctl enable --now edge-run.service" in installed["output"]
 
 
@@ -334,4 +324,4 @@ def test_upgrade_switches_and_keeps_previous(sshd, installed, capsys):
     check = subprocess.run(["sha256sum", "-c", "--quiet", "MANIFEST.sha256"], cwd=remote / old)
     assert check.returncode == 0
     unit = (remote / "systemd" / "edge-run.service").read_text()
-    assert "@EDGE_" not in unit
+    assert not re.search(r"@EDGE_[A-Z]+@", unit)
