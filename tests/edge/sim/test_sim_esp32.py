@@ -64,7 +64,7 @@ def run_for(esp, client, sim_seconds, heartbeat=None, wall_timeout=30.0):
 
 @pytest.fixture
 def esp():
-    with SimulatedESP32(FIXED, seed=0, time_scale=2.0) as e:
+    with SimulatedESP32(FIXED, seed=0, time_scale=1.0) as e:
         e.reset_episode(start=START, goal=[1.0, 0.0])
         c = RawClient(e.port)
         yield e, c
@@ -145,3 +145,35 @@ def test_render_and_camera(esp):
     assert img.ndim == 3 and img.dtype == np.uint8
     assert e.camera_frame().shape == (64, 64, 3)
     assert not e.goal_reached and e.goal_distance == pytest.approx(np.hypot(2.0, 0.6))
+
+
+def test_serial_link_end_to_end(esp):
+    """The host link (firmware_bridge.link.SerialLink) works against the simulated ESP32:
+    HELLO gives the device info, CONFIG raises the speed clamp above the firmware default
+    (10 rad/s) so SET_VEL 12 rad/s is reached, and ESTOP stops the wheels."""
+    from firmware_bridge.link import SerialLink
+
+    e, c = esp
+    c.close()
+    link = SerialLink(e.port)
+    link.open()
+    try:
+        link.wait_for_telemetry(timeout=5.0)
+        assert link.device_info is not None and link.device_info.boot_count == 1
+        link.configure(telemetry_period_ms=10, watchdog_ms=200, max_wheel_speed=15.0, ticks_per_rev=1320)
+        t_end = e.sim_time_s + 0.8
+        deadline = time.monotonic() + 30
+        while e.sim_time_s < t_end and time.monotonic() < deadline:
+            link.send_velocity(12.0, 12.0)
+            time.sleep(0.02)
+        assert np.all(e.wheel_speeds > 11.0)
+        tel = link.wait_for_telemetry(timeout=2.0)
+        assert tel.speed_left > 11.0 and np.isfinite(tel.ranges_m).all()
+        link.estop()
+        t_end = e.sim_time_s + 0.8
+        while e.sim_time_s < t_end and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert np.all(np.abs(e.wheel_speeds) < 0.1)
+        assert link.wait_for_telemetry(timeout=2.0).estop_latched
+    finally:
+        link.close()
