@@ -4,11 +4,11 @@ speaks the host's protocol version.
 Flash layout (what PlatformIO's ``pio run -t upload`` writes, Arduino-ESP32 framework):
 
 ============  ========  ==========  =========================================
-image         esp32     esp32s3     file in ``.pio/build/<env>/``
+image         esp32     esp32s3     ``.pio/build/<env>/`` file
 ============  ========  ==========  =========================================
 bootloader    0x1000    0x0         ``bootloader.bin``
 partitions    0x8000    0x8000      ``partitions.bin``
-boot_app0     0xe000    0xe000      ``boot_app0.bin`` (optional: OTA selector)
+boot_app0     0xe000    0xe000      ``boot_app0.bin`` (OTA selector; PlatformIO's copy)
 application   0x10000   0x10000     ``firmware.bin``
 merged        0x0       0x0         one ``*merged*.bin`` (``esptool merge-bin``)
 ============  ========  ==========  =========================================
@@ -48,6 +48,11 @@ MERGED_OFFSET = 0x0
 LINK_BAUD = 921600
 """UART rate of the firmware (``LinkConfig.baudrate``); USB-CDC ignores it."""
 FIRMWARE_PROJECT = Path(__file__).resolve().parents[2] / "firmware_bridge" / "firmware" / "esp32"
+PIO_ENV = {"esp32": "esp32dev", "esp32s3": "esp32s3"}
+"""PlatformIO environment (``[env:...]`` in platformio.ini) that builds each chip."""
+PIO_BOOT_APP0 = Path.home() / ".platformio" / "packages" / "framework-arduinoespressif32" / "tools" / \
+    "partitions" / "boot_app0.bin"
+"""Where PlatformIO keeps Arduino's boot_app0.bin (it is not copied into the build folder)."""
 _HELLO_TYPE = 0x84  # protocol.MsgType.HELLO (checked against the protocol table in tests)
 
 
@@ -58,7 +63,7 @@ class Esp32FlashConfig:
     Attributes:
         port: serial port of the board (``/dev/ttyUSB0``, ``/dev/ttyACM0``, ``/dev/edge-esp32``).
         firmware: PlatformIO build folder, an application ``.bin`` or a merged image;
-            None = ``firmware_bridge/firmware/esp32/.pio/build/<chip>/``.
+            None = ``firmware_bridge/firmware/esp32/.pio/build/<env>/`` (:data:`PIO_ENV`).
         chip: ``esp32`` or ``esp32s3`` (sets the bootloader offset and esptool's ``--chip``).
         baud: flashing baud rate, tried first.
         fallback_baud: tried once when flashing at ``baud`` failed.
@@ -98,16 +103,19 @@ class FlashImage:
 
 
 def default_firmware_dir(chip: str) -> Path:
-    """PlatformIO's build output for ``chip`` (environment named like the chip)."""
-    return FIRMWARE_PROJECT / ".pio" / "build" / chip
+    """PlatformIO's build output for ``chip`` (``.pio/build/<env>``, env from :data:`PIO_ENV`)."""
+    return FIRMWARE_PROJECT / ".pio" / "build" / PIO_ENV[chip]
 
 
-def flash_images(firmware: Path | None, chip: str) -> list[FlashImage]:
+def flash_images(firmware: Path | None, chip: str, boot_app0: Path | None = PIO_BOOT_APP0) -> list[FlashImage]:
     """The files to write and their offsets, from a build folder, an app or a merged image.
 
+    ``boot_app0``: Arduino's OTA selector, written at 0xe000 so the bootloader starts the new
+    app even if an earlier firmware switched to the second OTA slot; taken from the build
+    folder if there, else from this path when it exists (PlatformIO's copy).
     Raises :class:`FlashError` naming what is missing and the command that builds it.
     """
-    build_hint = (f"build it with `pio run -e {chip}` in {FIRMWARE_PROJECT} "
+    build_hint = (f"build it with `pio run -e {PIO_ENV[chip]}` in {FIRMWARE_PROJECT} "
                   "(see firmware_bridge/firmware/esp32/README.md)")
     folder = firmware if firmware is not None else default_firmware_dir(chip)
     if folder.is_dir():
@@ -116,8 +124,11 @@ def flash_images(firmware: Path | None, chip: str) -> list[FlashImage]:
             raise FlashError(f"{folder} lacks {', '.join(missing)}: {build_hint}")
         images = [FlashImage(BOOTLOADER_OFFSET[chip], folder / "bootloader.bin"),
                   FlashImage(PARTITIONS_OFFSET, folder / "partitions.bin")]
-        if (folder / "boot_app0.bin").is_file():
-            images.append(FlashImage(BOOT_APP0_OFFSET, folder / "boot_app0.bin"))
+        selector = folder / "boot_app0.bin"
+        if not selector.is_file() and boot_app0 is not None and boot_app0.is_file():
+            selector = boot_app0
+        if selector.is_file():
+            images.append(FlashImage(BOOT_APP0_OFFSET, selector))
         images.append(FlashImage(APP_OFFSET, folder / "firmware.bin"))
         return images
     if firmware is None:
@@ -130,7 +141,7 @@ def flash_images(firmware: Path | None, chip: str) -> list[FlashImage]:
         return [FlashImage(MERGED_OFFSET, firmware)]
     siblings = firmware.parent
     if (siblings / "bootloader.bin").is_file() and (siblings / "partitions.bin").is_file():
-        return flash_images(siblings, chip) if firmware.name == "firmware.bin" else [
+        return flash_images(siblings, chip, boot_app0) if firmware.name == "firmware.bin" else [
             FlashImage(BOOTLOADER_OFFSET[chip], siblings / "bootloader.bin"),
             FlashImage(PARTITIONS_OFFSET, siblings / "partitions.bin"),
             FlashImage(APP_OFFSET, firmware)]
@@ -166,9 +177,9 @@ def run_esptool(argv: list[str]) -> int:
 
 
 def write_firmware(cfg: Esp32FlashConfig, runner: EsptoolRunner = run_esptool,
-                   log: Callable[[str], None] = print) -> list[str]:
+                   log: Callable[[str], None] = print, boot_app0: Path | None = PIO_BOOT_APP0) -> list[str]:
     """Flash; returns the esptool argv that succeeded. Falls back to ``fallback_baud`` once."""
-    images = flash_images(cfg.firmware, cfg.chip)
+    images = flash_images(cfg.firmware, cfg.chip, boot_app0)
     for image in images:
         log(f"  0x{image.offset:05x}  {image.path}  ({image.path.stat().st_size} bytes)")
     bauds = [cfg.baud] + ([cfg.fallback_baud] if cfg.fallback_baud != cfg.baud else [])
@@ -334,13 +345,13 @@ def check_protocol(port: str, expected: int | None = None, timeout_s: float = 5.
 
 
 def flash_esp32(cfg: Esp32FlashConfig, runner: EsptoolRunner = run_esptool,
-                log: Callable[[str], None] = print) -> int:
+                log: Callable[[str], None] = print, boot_app0: Path | None = PIO_BOOT_APP0) -> int:
     """Flash the firmware and check its protocol version; 0 on success, :class:`FlashError` otherwise."""
     if not os.path.exists(cfg.port):
         raise FlashError(f"no serial port {cfg.port}: is the ESP32 plugged in? List ports with "
                          "`python -m serial.tools.list_ports -v`")
     log(f"==> flash the {cfg.chip} on {cfg.port}")
-    write_firmware(cfg, runner, log)
+    write_firmware(cfg, runner, log, boot_app0)
     if cfg.verify_hello:
         log(f"==> check the firmware's protocol version on {cfg.port}")
         check_protocol(cfg.port, cfg.expected_protocol, cfg.hello_timeout_s, log)

@@ -5,6 +5,7 @@ an injected runner, and the HELLO protocol-version check against the real firmwa
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tty
 from pathlib import Path
@@ -32,7 +33,7 @@ class RecordingRunner:
 
 def _build_dir(tmp_path: Path, boot_app0: bool = False) -> Path:
     d = tmp_path / "build"
-    d.mkdir()
+    d.mkdir(parents=True)
     names = ["bootloader.bin", "partitions.bin", "firmware.bin"] + (["boot_app0.bin"] if boot_app0 else [])
     for name in names:
         (d / name).write_bytes(name.encode())
@@ -57,7 +58,7 @@ def test_build_folder_offsets_per_chip(tmp_path, chip, bootloader):
     runner = RecordingRunner(0)
     cfg = flash32.Esp32FlashConfig(port="/dev/ttyUSB7", firmware=_build_dir(tmp_path), chip=chip,
                                    verify_hello=False)
-    flash32.write_firmware(cfg, runner, log=lambda _: None)
+    flash32.write_firmware(cfg, runner, log=lambda _: None, boot_app0=None)
     (argv,) = runner.calls
     assert argv[:3] == [sys.executable, "-m", "esptool"]
     assert (_opt(argv, "--chip"), _opt(argv, "--port"), _opt(argv, "--baud")) == (chip, "/dev/ttyUSB7", "921600")
@@ -66,12 +67,21 @@ def test_build_folder_offsets_per_chip(tmp_path, chip, bootloader):
 
 
 def test_boot_app0_and_merged_image(tmp_path):
-    """boot_app0.bin (Arduino's OTA selector) goes to 0xe000 when present; a merged image is
-    written alone at 0x0."""
-    with_boot = flash32.flash_images(_build_dir(tmp_path, boot_app0=True), "esp32")
+    """boot_app0.bin (Arduino's OTA selector) goes to 0xe000, from the build folder or else
+    PlatformIO's copy; a merged image is written alone at 0x0."""
+    with_boot = flash32.flash_images(_build_dir(tmp_path, boot_app0=True), "esp32", boot_app0=None)
     assert [(hex(i.offset), i.path.name) for i in with_boot] == [
         ("0x1000", "bootloader.bin"), ("0x8000", "partitions.bin"), ("0xe000", "boot_app0.bin"),
         ("0x10000", "firmware.bin")]
+    pio_copy = tmp_path / "pio" / "boot_app0.bin"
+    pio_copy.parent.mkdir()
+    pio_copy.write_bytes(b"\x00" * 32)
+    plain = tmp_path / "plain"
+    shutil.copytree(_build_dir(tmp_path / "x"), plain)
+    images = flash32.flash_images(plain, "esp32s3", boot_app0=pio_copy)
+    assert [(hex(i.offset), i.path) for i in images][2] == ("0xe000", pio_copy)
+    assert [hex(i.offset) for i in flash32.flash_images(plain, "esp32s3", boot_app0=None)] == ["0x0", "0x8000",
+                                                                                                 "0x10000"]
     merged = tmp_path / "edge-esp32-merged.bin"
     merged.write_bytes(b"\xe9" + b"\xff" * 15)
     runner = RecordingRunner(0)
@@ -115,6 +125,7 @@ def test_missing_build_names_the_build_command(tmp_path):
     (d / "firmware.bin").write_bytes(b"app")
     with pytest.raises(FlashError, match=r"bootloader.bin, partitions.bin.*pio run -e esp32s3"):
         flash32.flash_images(d, "esp32s3")
+    assert flash32.default_firmware_dir("esp32").parts[-3:] == (".pio", "build", "esp32dev")
 
 
 def test_hello_type_byte_matches_the_protocol_table():
