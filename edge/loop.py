@@ -492,18 +492,21 @@ class ControlLoop:
 
     # ----------------------------------------------------------------- one tick
     def tick(self, deadline: float) -> TickInfo:
-        """Run one tick that must finish by loop time ``deadline``; returns what happened."""
-        clk = self.clock
-        to_ms = 1000.0 / clk.scale
+        """Run one tick that must finish by loop time ``deadline``; returns what happened.
+
+        Stage timings are wall-clock milliseconds (``time.perf_counter``); the deadline is
+        checked on the loop clock (simulated time in simulation).
+        """
         timings: dict[str, float] = {}
-        t_start = clk.now()
+        t_start = self.clock.now()
         t = t_start - self._t0
-        mark = t_start
+        wall_start = time.perf_counter()
+        mark = wall_start
 
         def lap(stage: str) -> None:
             nonlocal mark
-            now = clk.now()
-            timings[stage] = (now - mark) * to_ms
+            now = time.perf_counter()
+            timings[stage] = (now - mark) * 1000.0
             mark = now
 
         obs = self.observe()
@@ -555,14 +558,17 @@ class ControlLoop:
         if self.recorder is not None:
             self._record(t, obs, z, emb_dist, plan, pred_error, low, reason, command, source, true_pose)
         lap("record")
-        total_ms = (mark - t_start) * to_ms
-        overrun = mark > deadline
+        total_ms = (mark - wall_start) * 1000.0
+        t_end = self.clock.now()
+        overrun = t_end > deadline
+        to_ms = 1000.0 / self.clock.scale  # loop seconds -> wall milliseconds
+        deadline_ms = self.period * to_ms
         if self.recorder is not None:
             self.recorder.write("/timings", self.tick_index, t, {
                 "read_ms": timings["observe"], "encode_ms": timings["encode"], "plan_ms": timings["plan"],
                 "decide_ms": timings["decide"], "guard_ms": timings["guard"], "send_ms": timings["send"],
-                "record_ms": timings["record"], "total_ms": total_ms, "deadline_ms": self.period * 1000.0,
-                "overrun": overrun})
+                "record_ms": timings["record"], "total_ms": total_ms, "deadline_ms": deadline_ms,
+                "late_ms": max(0.0, (t_start - (deadline - self.period)) * to_ms), "overrun": overrun})
         info = TickInfo(tick=self.tick_index, t=t, action=command, source=source, timings_ms=timings,
                         total_ms=total_ms, overrun=overrun, link_ok=self._link_ok, pred_error=pred_error,
                         confidence=confidence, low_confidence=low, goal_distance_m=goal_distance,
@@ -571,8 +577,9 @@ class ControlLoop:
                         pose=None if obs is None else obs.pose, true_pose=true_pose)
         if overrun:
             self.overruns += 1
-            log.warning("tick %d overran its deadline: %.1f ms > %.1f ms (%s)", self.tick_index, total_ms,
-                        self.period * 1000.0,
+            late = (t_start - (deadline - self.period)) * to_ms
+            log.warning("tick %d missed its deadline: started %.1f ms late, took %.1f ms, period %.1f ms (%s)",
+                        self.tick_index, late, total_ms, deadline_ms,
                         ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
         return info
 
@@ -624,6 +631,7 @@ class ControlLoop:
         included (which are re-raised after the stop)."""
         if self._goal is None:
             raise RuntimeError("ControlLoop.run: no goal set (call set_goal first)")
+        self._warm_up()
         self._t0 = self.clock.now()
         start = self._t0
         k = 0
@@ -663,14 +671,17 @@ class ControlLoop:
                     missed = int((now - due) // self.period) + 1
                     self.skipped_slots += missed
                     k += missed
-                    self._event("deadline", f"tick {self.tick_index - 1} overran by {missed} period(s); "
-                                            f"skipping {missed} slot(s)")
+                    self._event("deadline", f"tick {self.tick_index - 1} (with its bookkeeping) ran into the "
+                                            f"next slot; skipping {missed} slot(s)")
                 self.clock.sleep_until(start + k * self.period, self.estop.event)
         except BaseException as e:
             reason, message = "error", f"{type(e).__name__}: {e}"
             raise
         finally:
-            self.stop_motors()
+            sent = self.stop_motors()
+            self._safe_event("motors_stopped", "zero wheel speed commanded" if sent else
+                             "zero wheel speed could NOT be sent (link down); the firmware watchdog stops "
+                             "the motors 200 ms after the last command")
             if reason == "error":
                 self._safe_event("error", f"{message}: motors commanded to zero")
             elif reason == "estop":
@@ -680,6 +691,14 @@ class ControlLoop:
         return LoopResult(reason=reason, ticks=ticks, overruns=self.overruns, skipped_slots=self.skipped_slots,
                           elapsed_s=self._now(), goal_reached=goal_reached, message=message,
                           events=list(self.events))
+
+    def _warm_up(self) -> None:
+        """One planner call before the first tick (first calls allocate and optimise; their
+        latency would otherwise land on tick 0). Its result and noise are discarded."""
+        p = self.backend.bundle.planner
+        z = np.zeros(int(p.E), np.float32)
+        self.backend.plan(z, z, np.zeros((self.H, self.A), np.float32), self.std_init,
+                          np.zeros((int(p.J), int(p.N), self.H, self.A), np.float32))
 
     def _safe_event(self, kind: str, message: str) -> None:
         try:

@@ -220,6 +220,13 @@ def make_camera(cfg: RunConfig, sim: Any = None, needed: bool = False):
 # --------------------------------------------------------------------------- runs
 
 
+#: Interpreter lock hand-over interval during a run. The link's reader thread decodes telemetry
+#: in Python; with the default 5 ms, the loop thread can wait up to 5 ms to get the lock back
+#: after every runtime call or serial write that released it (measured: 8 ms per SET_VEL write
+#: on a loaded 2-core machine). 0.5 ms bounds that wait.
+SWITCH_INTERVAL_S = 0.0005
+
+
 def run_robot(cfg: RunConfig) -> int:
     """A run on real hardware: goal from --goal, serial port from the config."""
     from edge.goals import load_goal
@@ -277,7 +284,7 @@ def run_sim(cfg: RunConfig) -> int:
     backend = open_backend(cfg)
     out = make_run_dir(cfg)
     seed = cfg.sim.seed if cfg.sim.seed is not None else int(np.random.SeedSequence().entropy % (2**31))
-    all_stats = RunStats(cfg.rate_hz)
+    all_stats = RunStats(cfg.rate_hz, cfg.sim.time_scale)
     episodes: list[dict[str, Any]] = []
     outputs: dict[str, str] = {}
     interrupted = False
@@ -297,7 +304,7 @@ def run_sim(cfg: RunConfig) -> int:
                     if cfg.sim.gif and ep == 0:
                         traj = TrajectoryRecorder(sim.render_topdown, sim.world_to_px,
                                                   sim.kinematics(cfg.rate_hz, backend.bundle.max_wheel_speed))
-                    stats = RunStats(cfg.rate_hz)
+                    stats = RunStats(cfg.rate_hz, cfg.sim.time_scale)
                     label = f" episode {ep + 1}/{cfg.sim.episodes}" if cfg.sim.episodes > 1 else ""
                     view = StatusView(cfg.status, stats, link_stats=mc.stats)
                     view.episode_label = label
@@ -310,7 +317,7 @@ def run_sim(cfg: RunConfig) -> int:
 
                     odo = Odometry(sim.wheel_radius, sim.wheel_base, sim.ticks_per_rev, sim.start_pose)
                     with view:
-                        loop = ControlLoop(cfg, mc.link, backend, odo, clock=SystemClock(cfg.sim.time_scale),
+                        loop = ControlLoop(cfg, mc.link, backend, odo, clock=sim.clock(),
                                            camera=camera, recorder=recorder, fallback=fallback, estop=estop,
                                            truth=sim.true_pose, on_tick=on_tick, noise_seed=seed + ep)
                         goal = sim.goal_observation()
@@ -504,6 +511,7 @@ def main(argv: list[str] | None = None) -> int:
             return self_test(cfg)
         if args.save_goal:
             return save_goal_cmd(cfg, args.save_goal)
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         return run_sim(cfg) if cfg.sim.enabled else run_robot(cfg)
     except (ConfigError, UserError) as e:
         print(f"edge-run: error: {e}", file=sys.stderr)

@@ -1,11 +1,12 @@
 """The simulated robot behind ``edge-run --sim``.
 
 A :class:`edge.sim.esp32.SimulatedESP32` (the real firmware core on a pseudo-terminal) runs in
-a **child process**, as the ESP32 is a separate device on a real robot: its 1 kHz simulation
-thread then never competes with the control loop for the interpreter lock, so the loop's
-timings measure the loop. The parent talks the real protocol over the pty like on a robot and
-asks the child over a pipe only for the ground truth (true pose) used for the goal check, the
-flight log and the pictures.
+a **child process** (``python -m edge.simrobot``), as the ESP32 is a separate device on a real
+robot: its 1 kHz simulation thread then never competes with the control loop for the
+interpreter lock, so the loop's timings measure the loop. The parent talks the real protocol
+over the pty like on a robot; the child publishes the ground-truth pose (for the goal check,
+the flight log and the pictures) in shared memory after every physics step, and answers a few
+JSON-line requests on its stdin/stdout.
 
 Around it, :class:`SimRobot` provides what the runtime needs: the episode's goal as an
 observation, top-down pictures for the run GIF, and scheduled **fault injection**
@@ -20,8 +21,14 @@ through the door).
 
 from __future__ import annotations
 
+import json
 import math
-import multiprocessing as mp
+import os
+import select
+import subprocess
+import sys
+import threading
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -37,6 +44,7 @@ from edge.sim.world import Layout, WorldConfig, segments
 TOPDOWN_PX_PER_M = 100.0
 TOPDOWN_MARGIN_PX = 10  # edge.sim.camera.render_topdown's default margin
 START_TIMEOUT_S = 30.0
+SHARED_LEN = 5  # shared memory doubles: seq, x, y, theta, simulated time
 
 
 def sim_config(cfg: RunConfig) -> SimConfig:
@@ -81,7 +89,8 @@ def _install_faults(esp: Any, faults: tuple[FaultConfig, ...]) -> None:
 
 
 def _publish_pose(esp: Any, shared: Any) -> None:
-    """After every physics step, write the true pose to shared memory (seqlock: odd = writing)."""
+    """After every physics step, write the true pose and the simulated time to shared memory
+    ``[seq, x, y, theta, t]`` (seqlock: ``seq`` is odd while writing)."""
     physics = esp._physics
 
     def physics_and_publish(dt: float) -> None:
@@ -89,59 +98,114 @@ def _publish_pose(esp: Any, shared: Any) -> None:
         pose = esp._sim.robot.pose[0]
         shared[0] += 1.0
         shared[1], shared[2], shared[3] = float(pose[0]), float(pose[1]), float(pose[2])
+        shared[4] = esp.sim_time_s
         shared[0] += 1.0
 
     esp._physics = physics_and_publish
     pose = esp.start_pose
     shared[1], shared[2], shared[3] = float(pose[0]), float(pose[1]), float(pose[2])
+    shared[4] = esp.sim_time_s
 
 
-def _serve(conn: Any, shared: Any, sim_cfg: SimConfig, seed: int, time_scale: float,
-           goal_xy: tuple[float, float] | None, faults: tuple[FaultConfig, ...]) -> None:
-    """Child process: run the simulated ESP32 and answer the parent's requests until 'stop'."""
+def _serve(shm_name: str, cfg: RunConfig, seed: int, proto: Any) -> None:
+    """Child process: run the simulated ESP32 and answer JSON-line requests until 'stop'."""
+    from multiprocessing import shared_memory
+
     from edge.sim.esp32 import SimulatedESP32
 
+    def send(obj: Any) -> None:
+        proto.write(json.dumps(obj) + "\n")
+        proto.flush()
+
+    shm = shared_memory.SharedMemory(name=shm_name)
+    from multiprocessing import resource_tracker
+
+    resource_tracker.unregister(shm._name, "shared_memory")  # the parent owns (and unlinks) it
     try:
-        esp = SimulatedESP32(sim_cfg, seed=seed, time_scale=time_scale, mode="evaluate", camera=False)
-        if goal_xy is not None:
-            esp.set_goal(goal_xy)
-        if faults:
-            _install_faults(esp, faults)
-        _publish_pose(esp, shared)
-        esp.start()
-    except BaseException as e:  # reported to the parent, which raises it
-        conn.send(("error", f"{type(e).__name__}: {e}"))
-        return
-    conn.send(("ready", {"port": esp.port, "start_pose": [float(v) for v in esp.start_pose],
-                         "goal": [float(v) for v in esp.goal], "layout": esp.layout.as_array()[0].tolist()}))
-    try:
-        while True:
-            try:
-                req = conn.recv()
-            except EOFError:
-                break
-            if req == "stop":
-                break
-            try:
-                esp.check()
-                if req == "pose":
-                    conn.send(("ok", esp.true_pose.tolist()))
-                elif req == "stats":
-                    conn.send(("ok", {"collisions": esp.collisions, "dropped_frames": esp.dropped_frames,
-                                      "sim_time_s": esp.sim_time_s, "motor_duty": list(esp.motor_duty())}))
-                else:
-                    conn.send(("error", f"unknown request {req!r}"))
-            except Exception as e:
-                conn.send(("error", f"{type(e).__name__}: {e}"))
-    finally:
-        esp.stop()
+        shared = np.ndarray((SHARED_LEN,), dtype=np.float64, buffer=shm.buf)
         try:
-            conn.send("stopped")
-        except (BrokenPipeError, OSError):
-            pass
+            esp = SimulatedESP32(sim_config(cfg), seed=seed, time_scale=cfg.sim.time_scale, mode="evaluate",
+                                 camera=False)
+            if cfg.goal.pose is not None:
+                esp.set_goal(cfg.goal.pose[:2])
+            if cfg.sim.faults:
+                _install_faults(esp, tuple(cfg.sim.faults))
+            _publish_pose(esp, shared)
+            esp.start()
+        except BaseException as e:  # reported to the parent, which raises it
+            send(["error", f"{type(e).__name__}: {e}"])
+            return
+        send(["ready", {"port": esp.port, "start_pose": [float(v) for v in esp.start_pose],
+                        "goal": [float(v) for v in esp.goal], "layout": esp.layout.as_array()[0].tolist()}])
+        try:
+            for line in sys.stdin:
+                req = line.strip()
+                if req == "stop" or not req:
+                    break
+                try:
+                    esp.check()
+                    if req == "stats":
+                        send(["ok", {"collisions": esp.collisions, "dropped_frames": esp.dropped_frames,
+                                     "sim_time_s": esp.sim_time_s, "motor_duty": list(esp.motor_duty())}])
+                    else:
+                        send(["error", f"unknown request {req!r}"])
+                except Exception as e:
+                    send(["error", f"{type(e).__name__}: {e}"])
+        finally:
+            esp.stop()
+            del shared
+    finally:
+        shm.close()
+
+
+def _child_main() -> int:
+    """Entry of ``python -m edge.simrobot``: one JSON line on stdin with the run config, seed and
+    shared-memory name; the protocol goes to the original stdout, anything printed to stderr."""
+    proto = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    setup = json.loads(sys.stdin.readline())
+    from edge.config import load_config
+
+    cfg = load_config(None, [setup["config"]])
+    _serve(setup["shm"], cfg, int(setup["seed"]), proto)
+    return 0
 
 
 # --------------------------------------------------------------------------- parent side
+
+
+class SimClock:
+    """The control loop's clock in simulation: loop time is the simulated robot's time.
+
+    If the simulator falls behind real time (a loaded machine, or ``time_scale`` higher than it
+    can keep up with), the loop waits for it, so a control period is always ``1 / rate_hz``
+    seconds of the robot's time, as the world model was trained. ``scale`` is the nominal
+    ``sim.time_scale`` (for wall-clock deadlines in reports); ``monotonic`` is the wall clock the
+    link stamps telemetry with.
+    """
+
+    def __init__(self, robot: SimRobot):
+        self._robot = robot
+        self.scale = float(robot.cfg.sim.time_scale)
+
+    def now(self) -> float:
+        return self._robot.sim_time()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def sleep_until(self, t: float, wake: threading.Event | None = None) -> None:
+        while True:
+            remaining = t - self.now()
+            if remaining <= 0:
+                return
+            delay = max(remaining / self.scale * 0.9, 0.0002)
+            if wake is not None:
+                if wake.wait(delay):
+                    return
+            else:
+                time.sleep(delay)
+
 
 
 class SimRobot:
@@ -161,8 +225,8 @@ class SimRobot:
         self.wheel_base = robot.wheel_base
         self.ticks_per_rev = int(robot.ticks_per_rev)
         self._camera = Camera(self.sim_cfg.camera, self.sim_cfg.world)
-        self._proc: Any = None
-        self._conn: Any = None
+        self._proc: subprocess.Popen | None = None
+        self._shm: Any = None
         self._trail: list[tuple[float, float]] = []
         self.port: str = ""
         self.start_pose: tuple[float, float, float] = (0.0, 0.0, 0.0)
@@ -172,20 +236,19 @@ class SimRobot:
 
     # -- lifecycle
     def start(self) -> SimRobot:
-        ctx = mp.get_context("spawn")
-        parent, child = ctx.Pipe()
-        self._shared = ctx.Array("d", 4, lock=False)  # [seq, x, y, theta], written by the child
-        goal_xy = tuple(self.cfg.goal.pose[:2]) if self.cfg.goal.pose is not None else None
-        self._proc = ctx.Process(target=_serve, name="edge-sim-esp32", daemon=True,
-                                 args=(child, self._shared, self.sim_cfg, self.seed, self.cfg.sim.time_scale, goal_xy,
-                                       tuple(self.cfg.sim.faults)))
-        self._proc.start()
-        child.close()
-        self._conn = parent
-        if not parent.poll(START_TIMEOUT_S):
-            self.stop()
-            raise RuntimeError(f"the simulated ESP32 did not start within {START_TIMEOUT_S:g} s")
-        kind, info = parent.recv()
+        from multiprocessing import shared_memory
+
+        from edge.config import to_dict
+
+        self._shm = shared_memory.SharedMemory(create=True, size=SHARED_LEN * 8)
+        self._shared = np.ndarray((SHARED_LEN,), dtype=np.float64, buffer=self._shm.buf)  # [seq, x, y, theta, t]
+        self._shared[:] = 0.0
+        self._proc = subprocess.Popen([sys.executable, "-m", "edge.simrobot"], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, text=True, bufsize=1)
+        setup = {"config": to_dict(self.cfg), "seed": self.seed, "shm": self._shm.name}
+        self._proc.stdin.write(json.dumps(setup) + "\n")
+        self._proc.stdin.flush()
+        kind, info = self._read_reply(START_TIMEOUT_S)
         if kind != "ready":
             self.stop()
             raise RuntimeError(f"the simulated ESP32 failed to start: {info}")
@@ -197,23 +260,40 @@ class SimRobot:
         self._trail = [self.start_pose[:2]]
         return self
 
+    def _read_reply(self, timeout_s: float) -> tuple[str, Any]:
+        ready, _, _ = select.select([self._proc.stdout], [], [], timeout_s)
+        line = self._proc.stdout.readline() if ready else ""
+        if not line:
+            code = self._proc.poll()
+            raise RuntimeError(f"the simulated ESP32 process stopped answering (exit status {code}); "
+                               "its error is printed above")
+        kind, value = json.loads(line)
+        return kind, value
+
     def stop(self) -> None:
-        """Stop the child process (idempotent)."""
-        if self._conn is not None:
-            try:
-                self._conn.send("stop")
-                if self._conn.poll(5.0):
-                    self._conn.recv()
-            except (BrokenPipeError, EOFError, OSError):
-                pass
-            self._conn.close()
-            self._conn = None
+        """Stop the child process and free the shared memory (idempotent)."""
         if self._proc is not None:
-            self._proc.join(timeout=5.0)
-            if self._proc.is_alive():
+            try:
+                self._proc.stdin.write("stop\n")
+                self._proc.stdin.flush()
+                self._proc.stdin.close()
+            except (BrokenPipeError, OSError, ValueError):
+                pass
+            try:
+                self._proc.wait(timeout=5.0)
+            except subprocess.TimeoutExpired:
                 self._proc.terminate()
-                self._proc.join(timeout=2.0)
+                self._proc.wait(timeout=2.0)
+            self._proc.stdout.close()
             self._proc = None
+        if getattr(self, "_shm", None) is not None:
+            self._shared = None
+            self._shm.close()
+            try:
+                self._shm.unlink()
+            except FileNotFoundError:
+                pass
+            self._shm = None
 
     def __enter__(self) -> SimRobot:
         return self.start()
@@ -222,10 +302,11 @@ class SimRobot:
         self.stop()
 
     def _ask(self, what: str) -> Any:
-        if self._conn is None:
+        if self._proc is None:
             raise RuntimeError("SimRobot is not started")
-        self._conn.send(what)
-        kind, value = self._conn.recv()
+        self._proc.stdin.write(what + "\n")
+        self._proc.stdin.flush()
+        kind, value = self._read_reply(5.0)
         if kind != "ok":
             raise RuntimeError(f"simulated ESP32: {value}")
         return value
@@ -236,16 +317,30 @@ class SimRobot:
         shared memory the child updates after every physics step; no round trip)."""
         if self._proc is None:
             raise RuntimeError("SimRobot is not started")
-        shared = self._shared
-        while True:
-            seq = shared[0]
-            pose = (shared[1], shared[2], shared[3])
-            if seq == shared[0] and int(seq) % 2 == 0:
-                break
+        pose = self._read_shared()[:3]
         last = self._trail[-1]
         if math.hypot(pose[0] - last[0], pose[1] - last[1]) > 0.01:
             self._trail.append(pose[:2])
         return pose  # type: ignore[return-value]
+
+    def _read_shared(self) -> tuple[float, float, float, float]:
+        """(x, y, theta, simulated time) as one consistent snapshot."""
+        shared = self._shared
+        while True:
+            seq = shared[0]
+            values = (float(shared[1]), float(shared[2]), float(shared[3]), float(shared[4]))
+            if seq == shared[0] and int(seq) % 2 == 0:
+                return values
+
+    def sim_time(self) -> float:
+        """Simulated seconds since the simulated ESP32 booted."""
+        if self._proc is None:
+            raise RuntimeError("SimRobot is not started")
+        return self._read_shared()[3]
+
+    def clock(self) -> SimClock:
+        """A loop clock that runs on simulated time (see :class:`SimClock`)."""
+        return SimClock(self)
 
     def stats(self) -> dict[str, Any]:
         """Simulator counters: collisions, dropped UART frames, simulated time, motor duties."""
@@ -292,3 +387,7 @@ class SimRobot:
 
     def goal_observation(self) -> GoalObservation:
         return self.observation_at(self.goal_pose())
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main())

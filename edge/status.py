@@ -34,10 +34,15 @@ def percentile(values: list[float] | np.ndarray, q: float) -> float | None:
 
 
 class RunStats:
-    """Per-tick numbers of a run (all ticks kept: a 2-minute 50 Hz run is 6000 rows)."""
+    """Per-tick numbers of a run (all ticks kept: a 2-minute 50 Hz run is 6000 rows).
 
-    def __init__(self, rate_hz: float):
+    ``rate_hz`` is in loop time; ``time_scale`` loop seconds pass per wall second (simulation
+    faster than real time), so the wall-clock deadline of a tick is ``1000 / (rate_hz * time_scale)`` ms.
+    """
+
+    def __init__(self, rate_hz: float, time_scale: float = 1.0):
         self.rate_hz = rate_hz
+        self.time_scale = time_scale
         self.t: list[float] = []
         self.total_ms: list[float] = []
         self.stage_ms: dict[str, list[float]] = {s: [] for s in STAGES}
@@ -81,7 +86,7 @@ def summarise(stats: RunStats, extra: dict[str, Any] | None = None) -> dict[str,
         "achieved_rate_hz": stats.achieved_rate(),
         "tick_ms": {"p50": percentile(stats.total_ms, 50), "p99": percentile(stats.total_ms, 99),
                     "max": max(stats.total_ms) if stats.total_ms else None,
-                    "deadline": 1000.0 / stats.rate_hz},
+                    "deadline": 1000.0 / (stats.rate_hz * stats.time_scale)},
         "overruns": stats.overruns,
         "stages": stages,
         "sources": dict(stats.sources),
@@ -217,7 +222,7 @@ class StatusView:
             tot = [i.total_ms for i in self._recent]
             table.add_row("latency ms p50/p99", ", ".join(parts))
             table.add_row("tick ms p50/p99", f"{percentile(tot, 50):.2f} / {percentile(tot, 99):.2f} "
-                                             f"(deadline {1000.0 / self.stats.rate_hz:.1f})")
+                                             f"(deadline {1000.0 / (self.stats.rate_hz * self.stats.time_scale):.1f})")
         if info is not None:
             conf_style = "red" if info.low_confidence else "green"
             table.add_row("confidence", f"[{conf_style}]{_fmt(info.confidence, '.2f')}[/] "
@@ -284,7 +289,7 @@ class TrajectoryRecorder:
         if info.plan_mean is not None and (info.true_pose or info.pose) is not None:
             path = self.rollout(info.true_pose or info.pose, info.plan_mean)
             pts = np.array([self.to_px(px, py) for px, py in path], np.int32)
-            cv2.polylines(img, [pts], False, (255, 140, 0), 2, cv2.LINE_AA)
+            cv2.polylines(img, [pts], False, (255, 0, 255), 2, cv2.LINE_AA)  # planned path: magenta
         label = f"t={info.t:.1f}s {info.source} conf={_fmt(info.confidence, '.2f')}"
         cv2.putText(img, label, (12, img.shape[0] - 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1,
                     cv2.LINE_AA)

@@ -45,7 +45,7 @@ def test_overrun_is_counted_logged_and_slots_skipped() -> None:
     """A tick taking 1.7 periods counts as an overrun, skips the missed slot, and the following
     ticks return to the original grid (no burst of catch-up ticks)."""
     loop, clock, link, backend, infos = make_loop()
-    backend.plan_cost_s = {3: 0.085}
+    backend.plan_cost_s = {4: 0.085}  # call 0 is the warm-up before the first tick
     result = loop.run(max_ticks=8)
     assert result.overruns == 1 and result.skipped_slots == 1
     assert [i.overrun for i in infos] == [False, False, False, True, False, False, False, False]
@@ -59,16 +59,17 @@ def test_warm_start_shifts_previous_plan_and_std_resets() -> None:
     loop, clock, link, backend, infos = make_loop()
     loop.run(max_ticks=3)
     first_out = np.tile(backend.action, (4, 1)) + np.c_[np.arange(4) * 0.01, np.zeros(4)]
-    np.testing.assert_allclose(backend.calls[0]["mean"], 0.0)
-    np.testing.assert_allclose(backend.calls[1]["mean"], shift_plan(first_out.astype(np.float32)), atol=1e-7)
-    np.testing.assert_allclose(backend.calls[1]["std"], 0.5)
+    calls = backend.calls[1:]  # call 0 is the warm-up before the first tick
+    np.testing.assert_allclose(calls[0]["mean"], 0.0)
+    np.testing.assert_allclose(calls[1]["mean"], shift_plan(first_out.astype(np.float32)), atol=1e-7)
+    np.testing.assert_allclose(calls[1]["std"], 0.5)
 
 
 def test_noise_comes_from_the_ring_and_is_fresh_each_tick() -> None:
     """Every plan call gets a different N(0,1) tensor of shape [J, N, H, A], none drawn inline."""
     loop, clock, link, backend, infos = make_loop()
     loop.run(max_ticks=5)
-    noises = [c["noise"] for c in backend.calls]
+    noises = [c["noise"] for c in backend.calls[1:]]
     assert all(n.shape == (2, 8, 4, 2) and n.dtype == np.float32 for n in noises)
     assert not np.array_equal(noises[0], noises[1])
     assert loop.noise.inline_draws == 0
@@ -182,7 +183,7 @@ def test_nan_ranges_stop_the_robot() -> None:
 def test_exception_in_a_stage_stops_motors_and_propagates() -> None:
     """A crash mid-run still commands zero before the exception leaves run()."""
     loop, clock, link, backend, infos = make_loop()
-    backend.raise_on = 4
+    backend.raise_on = 5  # call 0 is the warm-up: ticks 0-3 plan, tick 4 raises
     with pytest.raises(RuntimeError, match="backend exploded"):
         loop.run(max_ticks=10)
     assert link.sent[-1] == (0.0, 0.0)
@@ -226,7 +227,7 @@ def test_recorded_channels_match_what_was_sent(tmp_path: Path) -> None:
     got = [(m["left"], m["right"]) for m in log.messages["/action"]]
     assert np.allclose(got, sent)
     kinds = [m["kind"] for m in log.messages["/events"]]
-    assert kinds[0] == "start" and kinds[-1] == "stop"
+    assert kinds[0] == "start" and kinds[-2:] == ["motors_stopped", "stop"]
     t = log.messages["/timings"][0]
     assert {"read_ms", "encode_ms", "plan_ms", "guard_ms", "send_ms", "total_ms", "deadline_ms"} <= set(t)
 
