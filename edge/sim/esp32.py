@@ -131,7 +131,7 @@ class SimulatedESP32:
         mode: ``"evaluate"`` (goal in the other room) or ``"explore"``.
         camera: render camera frames on request (``camera_frame()``).
         boot_count: reported in HELLO.
-        physics_dt: robot physics step (s), a multiple of 1 ms.
+        physics_dt: robot physics step (s), a multiple of 1 ms (default 5 ms = the firmware's PID period).
     """
 
     def __init__(
@@ -144,7 +144,7 @@ class SimulatedESP32:
         mode: str = "evaluate",
         camera: bool = True,
         boot_count: int = 1,
-        physics_dt: float = 0.002,
+        physics_dt: float = 0.005,
     ):
         if isinstance(world_config, WorldConfig):
             world_config = SimConfig(world=world_config)
@@ -168,6 +168,7 @@ class SimulatedESP32:
         self._markers = _Markers()
         self.collisions = 0
         self.dropped_frames = 0
+        self.lag_dropped_s = 0.0  # backlog given up (s of sim time) when the CPU could not keep up with time_scale
         self._t_us = 0
         self._duty = [0.0, 0.0]
         self._lib = None
@@ -424,7 +425,7 @@ class SimulatedESP32:
         robot = self._sim.robot
         # the wheels' actual speed is the motor's, unless a collision stalled them
         self._motor_speed = robot.wheel[0] + (duty * self.motor.free_speed - robot.wheel[0]) * a
-        hit = robot.step(self._motor_speed[None], dt, self._sim.seg, self._sim.rng)
+        hit = robot.step(self._motor_speed[None], dt, self._sim.seg, self._sim.rng, odometry=False)
         if hit[0]:
             self.collisions += 1
 
@@ -452,6 +453,7 @@ class SimulatedESP32:
                 due_us = sim0 + int((time.monotonic() - wall0) * self.time_scale * 1e6)
                 behind_ms = (due_us - self._t_us) // 1000
                 if behind_ms > 50:  # fell behind (CPU starved): drop the backlog, like fw_emulator
+                    self.lag_dropped_s += (behind_ms - 1) / 1000
                     wall0, sim0 = time.monotonic(), self._t_us
                     behind_ms = 1
                 if behind_ms > 0:

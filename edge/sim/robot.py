@@ -112,11 +112,19 @@ class RobotBatch:
         return len(self.pose)
 
     def step(
-        self, target: np.ndarray, dt: float, seg: np.ndarray, rng: np.random.Generator | None = None
+        self,
+        target: np.ndarray,
+        dt: float,
+        seg: np.ndarray,
+        rng: np.random.Generator | None = None,
+        *,
+        odometry: bool = True,
     ) -> np.ndarray:
         """Advance ``dt`` seconds towards wheel-speed targets ``[B, 2]`` (rad/s).
 
         Targets are clipped to ``max_wheel_speed``. ``seg [B, S, 4]`` are the walls.
+        ``odometry=False`` skips the odometry integration (encoders still count), for callers
+        whose host computes odometry itself (the simulated ESP32).
         Returns ``collided [B]`` (bool): the robot hit a wall during this step.
         """
         cfg = self.cfg
@@ -167,10 +175,10 @@ class RobotBatch:
             else:
                 self.wheel_angle += self.wheel * h
             self.pose = new
-        self._update_encoders_and_odometry(dt, rng)
+        self._update_encoders_and_odometry(dt, rng, odometry)
         return collided
 
-    def _update_encoders_and_odometry(self, dt: float, rng: np.random.Generator | None) -> None:
+    def _update_encoders_and_odometry(self, dt: float, rng: np.random.Generator | None, odometry: bool = True) -> None:
         cfg = self.cfg
         if cfg.encoder_noise_ticks > 0 and rng is not None:
             self._enc_noise += rng.normal(0.0, cfg.encoder_noise_ticks, size=self._enc_noise.shape)
@@ -178,6 +186,8 @@ class RobotBatch:
         dphi = (new_enc - self.enc) * self._rad_per_tick
         self.enc = new_enc
         self.meas_wheel = dphi / dt
+        if not odometry:
+            return
         v, w = wheels_to_body(cfg, dphi[:, 0], dphi[:, 1])  # per step: displacement, rotation
         self.odom = arc_step(self.odom, v, w, 1.0)
 
