@@ -29,7 +29,7 @@ import pytest
 
 from edge.flash import main
 from edge.flash.errors import FlashError
-from edge.flash.robot import RobotFlashConfig, flash_robot
+from edge.flash.robot import DEFAULT_SELF_TEST, RobotFlashConfig, flash_robot
 from edge.flash.ssh import SshTransport
 from edge.flash.wheel import build_wheel
 
@@ -325,3 +325,20 @@ def test_upgrade_switches_and_keeps_previous(sshd, installed, capsys):
     assert check.returncode == 0
     unit = (remote / "systemd" / "edge-run.service").read_text()
     assert not re.search(r"@EDGE_[A-Z]+@", unit)
+
+
+DEFAULT_BUNDLE = REPO / "models" / "default"
+
+
+@pytest.mark.skipif(not (DEFAULT_BUNDLE / "manifest.json").is_file(),
+                    reason="models/default is not in this checkout (it is written by the edge-run issue)")
+def test_real_self_test_with_the_shipped_bundle(sshd, wheel, recipes, tmp_path, capsys):
+    """With the default self-test, the installed runtime's `edge-run --self-test` (bundle
+    verified, ONNX Runtime engine built, one planner call) passes on the robot for the shipped
+    bundle, and only then does current point at the release."""
+    robot = {"remote": tmp_path / "edge-jepa", "wheel": wheel, "recipes": recipes}
+    rc = main(_args(sshd, robot, DEFAULT_BUNDLE, self_test=DEFAULT_SELF_TEST))
+    out = capsys.readouterr()
+    assert rc == 0, out.out + out.err
+    log = (robot["remote"] / "current" / "SELFTEST.log").read_text()
+    assert "PASS  bundle" in log and "PASS  planner" in log and "self-test PASSED" in log
