@@ -1,0 +1,101 @@
+"""edge-run's command line: configuration, user errors, --self-test, --save-goal."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from edge.config import load_config  # noqa: E402
+from edge.run import main, resolve_bundle_path, UserError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory) -> Path:
+    from bundle_fakes import shared_tiny_bundle
+
+    return shared_tiny_bundle(tmp_path_factory)  # one export per session, shared with the backend tests
+
+
+def test_print_config_merges_file_flags_and_overrides(tmp_path: Path, capsys) -> None:
+    """--print-config prints YAML where --set beats a dedicated flag beats the file beats the default."""
+    f = tmp_path / "c.yaml"
+    f.write_text("rate_hz: 30\nlimits: {max_speed: 0.9}\n")
+    assert main(["--config", str(f), "--rate", "40", "--set", "rate_hz=50", "--set", "limits.range_guard_m=0.2",
+                 "--device", "pi", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["rate_hz"] == 50 and printed["device"] == "pi"
+    assert printed["limits"]["max_speed"] == 0.9 and printed["limits"]["range_guard_m"] == 0.2
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(printed))
+    assert load_config(tmp_path / "p.yaml").rate_hz == 50
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--set", "limits.max_speed=3"], "limits.max_speed"),
+    (["--config", "/nonexistent.yaml"], "not found"),
+    (["--goal-pose", "1,2"], "x,y,theta"),
+    (["--set", "nodot"], "section.field=value"),
+    (["--bundle", "/nonexistent/bundle", "--sim"], "not found"),
+    (["--device", "cpu"], "no serial port"),
+    (["--device", "cpu", "--port", "/dev/null"], "no goal"),
+])
+def test_user_errors_exit_2_with_one_line(argv: list[str], needle: str, capsys) -> None:
+    """Bad input exits 2 with a single 'edge-run: error:' line naming the problem, no traceback."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("edge-run: error:") and needle in err[0]
+
+
+def test_bundle_path_resolves_relative_to_the_repository(tmp_path: Path, monkeypatch) -> None:
+    """A relative bundle path is looked up in the working directory, then in the repository."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "manifest.json").write_text("{}")
+    assert resolve_bundle_path("mine") == (tmp_path / "mine").resolve()
+    with pytest.raises(UserError, match="looked for manifest.json"):
+        resolve_bundle_path("missing-bundle")
+
+
+def test_self_test_passes_on_a_good_bundle(tiny_bundle: Path, capsys) -> None:
+    """--self-test verifies the bundle, builds the engine, runs one plan: PASS lines, exit 0;
+    the serial check is skipped (not failed) without a port."""
+    assert main(["--self-test", "--device", "cpu", "--bundle", str(tiny_bundle)]) == 0
+    out = capsys.readouterr().out
+    for name in ("bundle", "engine", "planner"):
+        assert f"PASS  {name}" in out
+    assert "SKIP  serial" in out and "self-test PASSED (3/3 checks)" in out
+
+
+def test_self_test_fails_on_a_missing_port(tiny_bundle: Path, tmp_path: Path, capsys) -> None:
+    """A configured serial port that does not exist makes the self-test FAIL with exit 1."""
+    rc = main(["--self-test", "--device", "cpu", "--bundle", str(tiny_bundle), "--port", str(tmp_path / "ttyNONE")])
+    out = capsys.readouterr().out
+    assert rc == 1 and "FAIL  serial" in out and "ttyNONE" in out and "self-test FAILED" in out
+
+
+def test_self_test_fails_without_a_bundle(tmp_path: Path, capsys) -> None:
+    """No bundle: the bundle check fails (and the checks that need it are not attempted)."""
+    assert main(["--self-test", "--bundle", str(tmp_path / "none")]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL  bundle" in out and "PASS" not in out
+
+
+def test_save_goal_in_sim_writes_the_start_observation(tmp_path: Path, monkeypatch, capsys) -> None:
+    """--sim --save-goal NAME writes goals/NAME.npz with the simulated robot's start pose and a frame."""
+    from conftest_native import native_built
+
+    if not native_built():
+        pytest.skip("firmware core not built")
+    from edge.goals import load_goal
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["--sim", "--seed", "7", "--save-goal", "door"]) == 0
+    goal = load_goal(tmp_path / "goals" / "door.npz")
+    assert goal.frame is not None and goal.frame.shape == (64, 64, 3)
+    assert abs(goal.pose[0]) <= 1.5 and abs(goal.pose[1]) <= 1.0
+    assert all(0 <= r <= 2.0 for r in goal.ranges_m)
+    assert main(["--sim", "--save-goal", "../evil"]) == 2
