@@ -94,7 +94,10 @@ def main(argv: list[str] | None = None) -> int:
             robot=replace(base.robot, slip_std=args.slip),
         )
         out: Path = args.out
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"cannot create the output folder --out {out} ({e.strerror}); choose a writable path") from e
         if any(out.glob("shard-*.npz")) and not args.overwrite:
             raise ValueError(f"{out} already holds shards; choose a new --out or pass --overwrite")
     except (ValueError, OSError) as e:

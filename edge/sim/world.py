@@ -19,7 +19,7 @@ All functions are vectorised over a leading batch of episodes ``[B]``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -134,7 +134,6 @@ class Layout:
     wall_x: np.ndarray
     door_y: np.ndarray
     door_width: np.ndarray
-    extra: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.wall_x)
