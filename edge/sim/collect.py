@@ -13,7 +13,6 @@ camera of the first episode).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor

@@ -12,7 +12,6 @@ with the whole trail.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 

@@ -1,6 +1,5 @@
 """Shards, the window reader (shards and MCAP flight logs), edge-collect and edge-sim-view."""
 
-import base64
 import json
 import logging
 import time

@@ -1,6 +1,5 @@
 """World geometry and configuration validation."""
 
-from dataclasses import replace
 
 import numpy as np
 import pytest
