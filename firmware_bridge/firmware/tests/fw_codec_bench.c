@@ -1,5 +1,6 @@
 /* C codec throughput: encode + streaming-decode (byte-at-a-time parser + payload unpack) of
- * SET_VEL and TELEMETRY frames. Prints one JSON object; benchmarks/bench_codec.py runs it.
+ * SET_VEL and TELEMETRY frames, in frames per CPU-second (best of 5 runs). Prints one JSON
+ * object; benchmarks/bench_codec.py runs it.
  * usage: fw_codec_bench [frames_per_type]   (default 2000000) */
 #include <stdio.h>
 #include <stdlib.h>
@@ -8,9 +9,10 @@
 
 #include "fw_protocol.h"
 
+/* CPU time of this process: the figure is the codec's cost, not the machine's load. */
 static double now_s(void) {
     struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
     return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
 }
 
@@ -66,8 +68,12 @@ int main(int argc, char **argv) {
     for (k = 0; k < 8; ++k) te.u.telemetry.ranges_mm[k] = (uint16_t)(250 + 100 * k);
     te.u.telemetry.mcu_time_us = 123456789u;
     te.u.telemetry.status = 4;
-    r_sv = bench(&sv, n, &sv_len, &check);
-    r_te = bench(&te, n, &te_len, &check);
+    r_sv = r_te = 0.0;
+    for (k = 0; k < 5; ++k) {
+        double a = bench(&sv, n, &sv_len, &check), b = bench(&te, n, &te_len, &check);
+        if (a > r_sv) r_sv = a;
+        if (b > r_te) r_te = b;
+    }
     printf("{\"frames_per_type\": %ld, \"set_vel_frames_per_s\": %.0f, \"telemetry_frames_per_s\": %.0f, "
            "\"set_vel_wire_bytes\": %zu, \"telemetry_wire_bytes\": %zu, \"checksum\": %lu}\n",
            n, r_sv, r_te, sv_len, te_len, check);
