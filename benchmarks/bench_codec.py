@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(f"1-min load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (CPU-time rates are largely independent of it)")
+    print(f"1-min load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (CPU-time rates; heavy load still perturbs them by tens of percent)")
     print(f"wrote {args.out}")
     return 0
 
