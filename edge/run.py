@@ -265,6 +265,7 @@ def run_robot(cfg: RunConfig) -> int:
                     closer()
             mc.disconnect()
     summary = summarise(stats, {"result": result.reason, "goal_reached": result.goal_reached,
+                                "skipped_slots": result.skipped_slots,
                                 "elapsed_s": result.elapsed_s, "message": result.message})
     if recorder is not None:
         summary["mcap"] = str(out / "flight.mcap")
@@ -335,7 +336,7 @@ def run_sim(cfg: RunConfig) -> int:
                                  "goal_reached": result.goal_reached, "ticks": result.ticks,
                                  "elapsed_s": result.elapsed_s, "final_goal_distance_m": final,
                                  "start": list(sim.start_pose), "goal": list(goal.pose),
-                                 "overruns": result.overruns})
+                                 "overruns": result.overruns, "skipped_slots": result.skipped_slots})
                 if traj is not None:
                     saved = traj.save(out / "run.gif")
                     if saved:
@@ -345,6 +346,7 @@ def run_sim(cfg: RunConfig) -> int:
                     break
     successes = sum(e["goal_reached"] for e in episodes)
     summary = summarise(all_stats, {
+        "skipped_slots": sum(e["skipped_slots"] for e in episodes),
         "result": "interrupted" if interrupted else ("goal_reached" if successes == len(episodes) else
                                                      f"{successes}/{len(episodes)} goals reached"),
         "episodes": len(episodes), "success_rate": successes / max(len(episodes), 1),

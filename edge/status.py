@@ -131,7 +131,8 @@ def print_summary(summary: dict[str, Any], console: Any = None) -> None:
                            f"(target {summary['rate_hz']:g} Hz)")
     table.add_row("tick latency", f"p50 {_fmt(tick['p50'], '.2f')} ms, p99 {_fmt(tick['p99'], '.2f')} ms, "
                                   f"max {_fmt(tick['max'], '.2f')} ms (deadline {tick['deadline']:.1f} ms)")
-    table.add_row("missed deadlines", f"{summary['overruns']}")
+    table.add_row("missed deadlines", f"{summary['overruns']}"
+                  + (f" ({summary['skipped_slots']} tick slots skipped)" if summary.get("skipped_slots") else ""))
     table.add_row("stages p50/p99 ms", ", ".join(
         f"{s} {_fmt(v['p50_ms'], '.2f')}/{_fmt(v['p99_ms'], '.2f')}" for s, v in summary["stages"].items()))
     table.add_row("command sources", ", ".join(f"{k} {v}" for k, v in sorted(summary["sources"].items())))

@@ -99,3 +99,23 @@ def test_save_goal_in_sim_writes_the_start_observation(tmp_path: Path, monkeypat
     assert abs(goal.pose[0]) <= 1.5 and abs(goal.pose[1]) <= 1.0
     assert all(0 <= r <= 2.0 for r in goal.ranges_m)
     assert main(["--sim", "--save-goal", "../evil"]) == 2
+
+
+def test_edge_run_never_imports_torch(tiny_bundle: Path, tmp_path: Path) -> None:
+    """With torch made unimportable, --self-test and a short --sim run still work (edge/ never
+    imports torch, not even indirectly)."""
+    import subprocess
+
+    from conftest_native import native_built
+
+    repo = Path(__file__).resolve().parents[2]
+    block = "import sys; sys.modules['torch'] = None; from edge.run import main; sys.exit(main(sys.argv[1:]))"
+    res = subprocess.run([sys.executable, "-c", block, "--self-test", "--bundle", str(tiny_bundle)],
+                         cwd=repo, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    if native_built():
+        res = subprocess.run([sys.executable, "-c", block, "--sim", "--bundle", str(tiny_bundle), "--duration", "1",
+                              "--status", "off", "--set", "confidence.error_scale=1", "--out", str(tmp_path)],
+                             cwd=repo, capture_output=True, text=True, timeout=120)
+        assert res.returncode == 1 and "summary" in res.stdout, res.stdout + res.stderr
+        assert list(tmp_path.glob("*/flight.mcap"))
