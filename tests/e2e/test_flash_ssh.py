@@ -192,14 +192,15 @@ class CorruptingTransport(SshTransport):
 
 
 @pytest.fixture(scope="module")
-def installed(sshd, wheel, recipes, tmp_path_factory):
-    """A fresh install of bundle A into a throwaway robot folder (shared by the cases below,
-    which must leave it as it is, except the upgrade, which runs last)."""
+def installed(sshd, wheel, recipes, random_bundle, tmp_path_factory):
+    """A fresh install, with the real `edge-run --self-test`, of a bundle written by the
+    repository's exporter (tests/e2e/conftest.py) into a throwaway robot folder. Shared by the
+    cases below, which must leave it as it is, except the upgrade, which runs last."""
     base = tmp_path_factory.mktemp("robot")
     robot = {"remote": base / "edge-jepa", "wheel": wheel, "recipes": recipes, "base": base,
-             "bundle": _bundle(base / "src" / "bundle-a", "A")}
+             "bundle": random_bundle}
     lines: list[str] = []
-    rc = flash_robot(_config(sshd, robot, robot["bundle"]), log=lines.append)
+    rc = flash_robot(_config(sshd, robot, robot["bundle"], self_test=DEFAULT_SELF_TEST), log=lines.append)
     assert rc == 0, "\n".join(lines)
     robot["output"] = "\n".join(lines)
     return robot
@@ -208,7 +209,8 @@ def installed(sshd, wheel, recipes, tmp_path_factory):
 def test_fresh_install_lays_out_a_verified_release(installed):
     """A fresh install creates releases/<id> with every file matching MANIFEST.sha256, points
     current at it, installs the wheel into the release's venv (the installed package, not this
-    checkout), passes the self-test, and installs the rendered unit under systemd/."""
+    checkout), passes the real `edge-run --self-test` there (bundle verified, ONNX Runtime
+    engine, one planner call), and installs the rendered unit under systemd/."""
     remote = installed["remote"]
     current = remote / "current"
     assert current.is_symlink() and os.readlink(current).startswith("releases/")
@@ -219,7 +221,7 @@ def test_fresh_install_lays_out_a_verified_release(installed):
     assert check.returncode == 0, check.stdout + check.stderr
     listed = {ln.split("  ", 1)[1] for ln in (release / "MANIFEST.sha256").read_text().splitlines()}
     assert any(n.startswith("edge_jepa-") and n.endswith(".whl") for n in listed)
-    assert {"bundle/bundle-a/manifest.json", "bundle/bundle-a/planner.onnx", "RELEASE.json",
+    assert {"bundle/random/manifest.json", "bundle/random/MODEL_CARD.md", "RELEASE.json",
             "units/edge-run.service"} <= listed
     probe = subprocess.run([str(release / "venv/bin/python"), "-c",
                             "import edge, firmware_bridge.native as n; print(edge.__file__); print(n.core_library())"],
@@ -228,11 +230,12 @@ def test_fresh_install_lays_out_a_verified_release(installed):
     edge_file, core = probe.stdout.split()
     assert edge_file.startswith(str(release / "venv")), edge_file
     assert core.startswith(str(release / "venv")), core
-    assert "self-test ok" in (release / "SELFTEST.log").read_text()
+    log = (release / "SELFTEST.log").read_text()
+    assert "PASS  bundle" in log and "PASS  planner" in log and "self-test PASSED" in log
     unit = (remote / "systemd" / "edge-run.service").read_text()
     assert unit == (release / "units" / "edge-run.service").read_text()
     assert not re.search(r"@EDGE_[A-Z]+@", unit)
-    assert f"ExecStart={remote}/current/venv/bin/edge-run --device pi --bundle {remote}/current/bundle/bundle-a" in unit
+    assert f"ExecStart={remote}/current/venv/bin/edge-run --device pi --bundle {remote}/current/bundle/random" in unit
     assert "--no-systemd" in installed["output"] and "systemctl enable --now edge-run.service" in installed["output"]
 
 
@@ -240,7 +243,7 @@ def test_second_run_changes_nothing(sshd, installed, capsys):
     """Running the same flash again reports "already up to date", rebuilds nothing and leaves
     every file, link and timestamp on the robot untouched."""
     before = _snapshot(installed["remote"])
-    rc = main(_args(sshd, installed, installed["bundle"]))
+    rc = main(_args(sshd, installed, installed["bundle"], self_test=DEFAULT_SELF_TEST))
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "already up to date" in out
@@ -319,26 +322,9 @@ def test_upgrade_switches_and_keeps_previous(sshd, installed, capsys):
     new = os.readlink(remote / "current")
     assert new != old and os.readlink(remote / "previous") == old
     assert (remote / new / "bundle" / "bundle-d" / "manifest.json").is_file()
-    assert (remote / old / "bundle" / "bundle-a" / "manifest.json").is_file()
+    assert (remote / old / "bundle" / "random" / "manifest.json").is_file()
     assert (remote / old / "venv" / "bin" / "python").exists()
     check = subprocess.run(["sha256sum", "-c", "--quiet", "MANIFEST.sha256"], cwd=remote / old)
     assert check.returncode == 0
     unit = (remote / "systemd" / "edge-run.service").read_text()
     assert not re.search(r"@EDGE_[A-Z]+@", unit)
-
-
-DEFAULT_BUNDLE = REPO / "models" / "default"
-
-
-@pytest.mark.skipif(not (DEFAULT_BUNDLE / "manifest.json").is_file(),
-                    reason="models/default is not in this checkout (it is written by the edge-run issue)")
-def test_real_self_test_with_the_shipped_bundle(sshd, wheel, recipes, tmp_path, capsys):
-    """With the default self-test, the installed runtime's `edge-run --self-test` (bundle
-    verified, ONNX Runtime engine built, one planner call) passes on the robot for the shipped
-    bundle, and only then does current point at the release."""
-    robot = {"remote": tmp_path / "edge-jepa", "wheel": wheel, "recipes": recipes}
-    rc = main(_args(sshd, robot, DEFAULT_BUNDLE, self_test=DEFAULT_SELF_TEST))
-    out = capsys.readouterr()
-    assert rc == 0, out.out + out.err
-    log = (robot["remote"] / "current" / "SELFTEST.log").read_text()
-    assert "PASS  bundle" in log and "PASS  planner" in log and "self-test PASSED" in log
