@@ -346,6 +346,7 @@ class _Codec:
 
 _CODECS: dict[int, _Codec] = {int(t): _Codec(s) for t, s in MESSAGES.items()}
 _CODEC_BY_TYPE: dict[MsgType, _Codec] = {c.type: c for c in _CODECS.values()}
+_HELLO_ID = int(MsgType.HELLO)
 
 
 def _encode_error(codec: _Codec, seq: int, ack: int, fields: dict[str, Any],
@@ -403,7 +404,8 @@ def decode(packet: bytes) -> Frame:
 
     Raises :class:`CrcError` when the CRC does not match, :class:`FrameError` for bad COBS,
     a packet shorter than header+CRC or longer than :data:`MAX_PACKET_LEN`, another protocol
-    version, an unknown type or a payload length that does not match the type."""
+    version (except HELLO, whose layout never changes: check its ``protocol_version``), an
+    unknown type or a payload length that does not match the type."""
     if len(packet) > MAX_PACKET_LEN:
         raise FrameError(f"packet of {len(packet)} bytes exceeds MAX_PACKET_LEN={MAX_PACKET_LEN}")
     raw = cobs_decode(packet)
@@ -415,7 +417,9 @@ def decode(packet: bytes) -> Frame:
     if got != want:
         raise CrcError(f"CRC mismatch: frame says 0x{got:04X}, contents give 0x{want:04X}")
     version = raw[0]
-    if version != PROTOCOL_VERSION:
+    if version != PROTOCOL_VERSION and raw[1] != _HELLO_ID:
+        # HELLO's layout is frozen across versions, so a host always learns which protocol
+        # version the firmware speaks (HELLO.protocol_version) and can say so.
         raise FrameError(f"protocol version {version}, this host speaks {PROTOCOL_VERSION}: "
                          "flash matching firmware (firmware_bridge/firmware/esp32)")
     codec = _CODECS.get(raw[1])

@@ -221,3 +221,17 @@ def test_c_nack_for_bad_version_decodes_in_python(board):
     assert board.frames[-1].fields == {"acked_seq": 77, "acked_type": int(MsgType.SET_VEL),
                                        "error": int(P.ErrorCode.BAD_VERSION)}
     assert lib.fw_target_speed(board.fw, 0) == 0.0
+
+
+def test_c_accepts_hello_of_another_version_like_python():
+    """Both codecs accept a version-2 HELLO (frozen layout) and refuse a version-2 PING."""
+    for t, payload, ok in ((MsgType.HELLO, struct.pack("<BHIB", 2, 0x0200, 5, 1), True),
+                           (MsgType.PING, struct.pack("<I", 1), False)):
+        body = struct.pack("<BBHH", 2, int(t), 0, 0) + payload
+        packet = P.cobs_encode(body + struct.pack("<H", P.crc16(body)))
+        n, back = c_reencode(packet)
+        assert (n > 0) == ok
+        if ok:  # C re-encodes with its own version byte; the payload is unchanged
+            assert P.decode(back[:-1]).fields == P.decode(packet).fields
+        else:
+            assert n == -10 - int(P.ErrorCode.BAD_VERSION)

@@ -231,3 +231,16 @@ def test_message_table_consistency():
         assert spec.type is t
         assert (spec.direction is P.Direction.HOST_TO_MCU) == (int(t) < 0x80)
     assert P.ACKED_TYPES == {t for t in MsgType if int(t) < 0x80} - {MsgType.SET_VEL}
+
+
+def test_hello_of_another_version_still_decodes():
+    """HELLO's layout is frozen: a HELLO whose header says version 2 decodes (so the host can
+    report the firmware's version), while any other type with version 2 is a FrameError."""
+    body = struct.pack("<BBHHBHIB", 2, int(MsgType.HELLO), 0, 0, 2, 0x0200, 5, 1)
+    hello = P.cobs_encode(body + struct.pack("<H", P.crc16(body)))
+    frame = decode(hello)
+    assert frame.type == MsgType.HELLO and frame.fields["protocol_version"] == 2
+    body = struct.pack("<BBHHI", 2, int(MsgType.PING), 0, 0, 1)
+    ping = P.cobs_encode(body + struct.pack("<H", P.crc16(body)))
+    with pytest.raises(FrameError, match="protocol version 2, this host speaks 1"):
+        decode(ping)

@@ -237,7 +237,8 @@ fw_error_t fw_frame_to_msg(const fw_frame_t *frame, fw_msg_t *msg) {
     msg->type = frame->type;
     msg->seq = frame->seq;
     msg->ack = frame->ack;
-    if (frame->version != FW_PROTOCOL_VERSION) return FW_ERR_BAD_VERSION;
+    /* HELLO's layout is frozen across versions: its protocol_version field tells the peer */
+    if (frame->version != FW_PROTOCOL_VERSION && frame->type != FW_MSG_HELLO) return FW_ERR_BAD_VERSION;
     info = fw_msg_info(frame->type);
     if (info == NULL) return FW_ERR_UNKNOWN_TYPE;
     if (frame->payload_len != info->payload_size) return FW_ERR_BAD_LENGTH;

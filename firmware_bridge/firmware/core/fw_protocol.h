@@ -158,8 +158,9 @@ typedef enum {
 /* Decode one COBS packet (without delimiter) into a CRC-checked frame. */
 fw_decode_result_t fw_packet_decode(const uint8_t *packet, size_t len, fw_frame_t *frame);
 
-/* Interpret a frame's payload. Returns FW_ERR_NONE, FW_ERR_BAD_VERSION, FW_ERR_UNKNOWN_TYPE or
- * FW_ERR_BAD_LENGTH (msg->type/seq/ack are filled in every case). */
+/* Interpret a frame's payload. Returns FW_ERR_NONE, FW_ERR_BAD_VERSION (any type but HELLO,
+ * whose layout is frozen across versions), FW_ERR_UNKNOWN_TYPE or FW_ERR_BAD_LENGTH
+ * (msg->type/seq/ack are filled in every case). */
 fw_error_t fw_frame_to_msg(const fw_frame_t *frame, fw_msg_t *msg);
 
 /* Streaming parser: push received bytes one at a time. */
