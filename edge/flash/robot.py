@@ -20,7 +20,8 @@ Steps (each printed; with ``--dry-run`` printed as exact commands and nothing ch
 7. switch ``previous`` -> old release and ``current`` -> new release (atomic renames), prune
    older releases, install the systemd unit and udev rule and restart the service (or, with
    ``--no-systemd``, install them under ``<remote-dir>/systemd/`` and ``udev/`` and print the
-   manual commands). If the restart fails, ``current`` is switched back.
+   manual commands). If the service ran before and does not come back on the new release,
+   ``current`` is switched back; one that never ran (no goal configured yet) is reported.
 
 The release id is a hash of what makes the release (the wheel's sources or the given wheel,
 every bundle and recipe file, the device and the venv options), so the same inputs always
@@ -271,6 +272,7 @@ fi
 command -v sha256sum >/dev/null 2>&1 && echo "sha256sum=1"
 command -v rsync >/dev/null 2>&1 && echo "rsync=1"
 [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1 && echo "systemd=1"
+systemctl is-active --quiet {UNIT_NAME} 2>/dev/null && echo "service_active=1"
 if [ "$(id -u)" = 0 ] || sudo -n true >/dev/null 2>&1; then echo "root=1"; fi
 p="$D"; while [ ! -e "$p" ]; do p=$(dirname "$p"); done
 [ -d "$p" ] && [ -w "$p" ] && echo "writable=1"
@@ -484,13 +486,12 @@ def flash_robot(cfg: RobotFlashConfig, transport: SshTransport | None = None,
     steps.title("install the service" + (" and restart it" if cfg.systemd else " files (--no-systemd)"))
     res = steps.remote("service", service_script(cfg, release, remote, units), timeout_s=180)
     if res is not None and not res.ok:
-        if cfg.systemd and current_target:
-            transport.run(switch_back_script(remote, current_target))
-        raise FlashError(f"the service did not (re)start on {cfg.host} (exit {res.returncode}); current switched "
-                         f"back to {current_target or 'nothing'}. See `journalctl -u edge-run -n 50` there",
+        raise FlashError(f"installing the service files on {cfg.host} failed (exit {res.returncode}); release {rid} "
+                         "is current but the service was not restarted",
                          details=(res.stdout + res.stderr).strip()[-3000:])
-    if res is not None and res.stdout.strip():
-        log(_indent(res.stdout.strip()))
+    if res is not None and cfg.systemd:
+        _check_service(cfg, transport, RobotInfo.parse(res.stdout), info.flag("service_active"), remote,
+                       current_target, rid, log)
     if not cfg.systemd:
         log(manual_service_text(remote, units, bundle_name, cfg.device))
     verb = "would be" if cfg.dry_run else "is"
@@ -671,25 +672,54 @@ $SUDO systemctl restart {UNIT_NAME} || true
 """
 
 
+ENV_FILE_TEMPLATE = ("# Per-robot arguments of edge-run.service (read at every start), e.g.\n"
+                     "# EDGE_RUN_ARGS=--goal {home}/goals/kitchen.npz\n")
+
+
 def service_script(cfg: RobotFlashConfig, release: str, remote: str, units: dict[str, str]) -> str:
-    """Install the unit and udev rule (system paths with systemd, else under remote) and restart."""
+    """Install the unit and udev rule (system paths with systemd, else under remote), create the
+    service's environment file if missing, and (systemd) restart the service; prints
+    ``state=`` and ``exit_status=`` of the service for :func:`_check_service`."""
     r = shlex.quote(release)
+    env_file = shlex.quote(remote + "/edge-run.env")
+    template = shlex.quote(ENV_FILE_TEMPLATE.format(home=remote))
+    lines = ["set -e", f"[ -f {env_file} ] || printf '%s' {template} > {env_file}"]
     if not cfg.systemd:
-        lines = ["set -e", f"mkdir -p {shlex.quote(remote + '/systemd')} {shlex.quote(remote + '/udev')}",
-                 f"cp {r}/units/{UNIT_NAME} {shlex.quote(remote + '/systemd/' + UNIT_NAME)}"]
+        lines += [f"mkdir -p {shlex.quote(remote + '/systemd')} {shlex.quote(remote + '/udev')}",
+                  f"cp {r}/units/{UNIT_NAME} {shlex.quote(remote + '/systemd/' + UNIT_NAME)}"]
         if UDEV_NAME in units:
             lines.append(f"cp {r}/units/{UDEV_NAME} {shlex.quote(remote + '/udev/' + UDEV_NAME)}")
         return "\n".join(lines) + "\n"
-    lines = ["set -e", 'SUDO=; [ "$(id -u)" = 0 ] || SUDO="sudo -n"',
-             f"$SUDO install -m 0644 {r}/units/{UNIT_NAME} {SYSTEMD_UNIT_PATH}"]
+    lines += ['SUDO=; [ "$(id -u)" = 0 ] || SUDO="sudo -n"',
+              f"$SUDO install -m 0644 {r}/units/{UNIT_NAME} {SYSTEMD_UNIT_PATH}"]
     if UDEV_NAME in units:
         lines += [f"$SUDO install -m 0644 {r}/units/{UDEV_NAME} {UDEV_RULE_PATH}",
                   "$SUDO udevadm control --reload-rules && $SUDO udevadm trigger --subsystem-match=tty || true"]
     lines += ["$SUDO systemctl daemon-reload", f"$SUDO systemctl enable --quiet {UNIT_NAME}",
-              f"$SUDO systemctl restart {UNIT_NAME}", "sleep 2",
-              f'echo "service {UNIT_NAME}: $(systemctl is-active {UNIT_NAME})"',
-              f"systemctl is-active --quiet {UNIT_NAME}"]
+              f"$SUDO systemctl restart {UNIT_NAME} || true", "sleep 3",
+              f'echo "state=$(systemctl is-active {UNIT_NAME} || true)"',
+              f'echo "exit_status=$(systemctl show -p ExecMainStatus --value {UNIT_NAME} || true)"']
     return "\n".join(lines) + "\n"
+
+
+def _check_service(cfg: RobotFlashConfig, transport: SshTransport, status: RobotInfo, was_active: bool,
+                   remote: str, old_target: str, rid: str, log: Callable[[str], None]) -> None:
+    """After the restart: running -> fine. Not running, but it ran before on the old release ->
+    the new release broke it: switch current back, restart, raise. Not running before either
+    (a fresh robot, no goal configured yet) -> say what to configure; the release stays."""
+    state, code = status.get("state") or "unknown", status.get("exit_status") or "?"
+    if state == "active":
+        log(f"  {UNIT_NAME} is running release {rid}")
+        return
+    journal = f"`journalctl -u {UNIT_NAME} -n 50` on {cfg.host}"
+    if was_active and old_target:
+        transport.run(switch_back_script(remote, old_target))
+        raise FlashError(f"{UNIT_NAME} ran before but is {state} (exit status {code}) on release {rid}: switched "
+                         f"current back to {old_target} and restarted it. See {journal}")
+    hint = (f"it needs its per-robot arguments (a goal): set EDGE_RUN_ARGS in {remote}/edge-run.env, then "
+            f"`sudo systemctl restart {UNIT_NAME}`" if code == "2" else f"see {journal}")
+    log(f"  warning: {UNIT_NAME} is installed and enabled but {state} (exit status {code}; it was not running "
+        f"before either): {hint}")
 
 
 def manual_service_text(remote: str, units: dict[str, str], bundle_name: str, device: str) -> str:

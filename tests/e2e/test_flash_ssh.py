@@ -236,6 +236,7 @@ def test_fresh_install_lays_out_a_verified_release(installed):
     assert unit == (release / "units" / "edge-run.service").read_text()
     assert not re.search(r"@EDGE_[A-Z]+@", unit)
     assert f"ExecStart={remote}/current/venv/bin/edge-run --device pi --bundle {remote}/current/bundle/random" in unit
+    assert "EDGE_RUN_ARGS" in (remote / "edge-run.env").read_text()  # where the unit's per-robot arguments go
     assert "--no-systemd" in installed["output"] and "systemctl enable --now edge-run.service" in installed["output"]
 
 

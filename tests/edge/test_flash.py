@@ -151,13 +151,26 @@ def test_failed_self_test_stops_before_switching(setup):
 
 
 def test_failed_restart_switches_back(setup):
-    """If the service does not come up after the switch, current is pointed back at the old
-    release (and the service restarted on it) before the error."""
-    t = FakeTransport(JETSON_PROBE, {"service": RemoteResult(3, "service edge-run.service: failed\n", "")})
-    with pytest.raises(FlashError, match="switched back to releases/0123456789ab"):
+    """If the service ran before and is not running after the switch, current is pointed back
+    at the old release (and the service restarted on it) before the error."""
+    t = FakeTransport({**JETSON_PROBE, "service_active": "1"},
+                      {"service": RemoteResult(0, "state=failed\nexit_status=1\n", "")})
+    with pytest.raises(FlashError, match=r"ran before but is failed \(exit status 1\).*switched current back to "
+                                         r"releases/0123456789ab"):
         fr.flash_robot(_cfg(setup), transport=t, log=lambda _: None)
     last = t.scripts[-1][1]
     assert "ln -sfn releases/0123456789ab .current.tmp" in last and "systemctl restart" in last
+
+
+def test_unconfigured_service_is_reported_not_rolled_back(setup):
+    """A service that was not running before (fresh robot) and exits 2 (no goal configured)
+    keeps the new release current and tells the user where the goal goes."""
+    lines: list[str] = []
+    t = FakeTransport(JETSON_PROBE, {"service": RemoteResult(0, "state=failed\nexit_status=2\n", "")})
+    assert fr.flash_robot(_cfg(setup), transport=t, log=lines.append) == 0
+    assert [k for k, _ in t.scripts][-1] == "service"
+    assert any("EDGE_RUN_ARGS in /home/nvidia/edge-jepa/edge-run.env" in ln for ln in lines)
+    assert "edge-run.env" in dict(t.scripts)["service"]
 
 
 def test_up_to_date_robot_runs_only_the_probe(setup):
