@@ -17,6 +17,7 @@ import importlib
 import importlib.util
 import json
 import math
+import os
 import socket
 import threading
 import time
@@ -42,6 +43,7 @@ class EmbeddedConfig:
     startup_timeout_s: float = 60.0  # model load + first /health ok
     host: str = "127.0.0.1"  # loopback only: the fallback is not a network service
     verbosity: int = 0  # llama.cpp log verbosity (0 = quiet, 3 = default llama.cpp chatter)
+    nice: int = 10  # niceness given to llama.cpp's threads (Linux) so the control loop wins the CPU; 0 = unchanged
 
     def __post_init__(self) -> None:
         if self.n_threads < 1:
@@ -52,6 +54,8 @@ class EmbeddedConfig:
             raise ValueError(
                 f"EmbeddedConfig.startup_timeout_s must be finite and > 0, got {self.startup_timeout_s!r}"
             )
+        if not (isinstance(self.nice, int) and 0 <= self.nice <= 19):
+            raise ValueError(f"EmbeddedConfig.nice must be an integer in [0, 19], got {self.nice!r}")
         if self.host not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError(
                 f"EmbeddedConfig.host must be a loopback address (127.0.0.1), got {self.host!r}"
@@ -86,6 +90,28 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def _thread_ids() -> set[int]:
+    """Kernel thread ids of this process (Linux ``/proc/self/task``; empty elsewhere)."""
+    try:
+        return {int(t) for t in os.listdir("/proc/self/task")}
+    except OSError:
+        return set()
+
+
+def _renice(tids: set[int], nice: int) -> int:
+    """Lower the priority of the given threads (Linux: niceness is per thread); returns how many."""
+    if nice <= 0:
+        return 0
+    done = 0
+    for tid in tids:
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, max(os.getpriority(os.PRIO_PROCESS, tid), nice))
+            done += 1
+        except OSError:  # thread already gone, or not permitted: leave it
+            pass
+    return done
+
+
 def _import_xllamacpp():
     try:
         return importlib.import_module("xllamacpp")
@@ -113,6 +139,7 @@ class EmbeddedLLMServer:
         self.port: int | None = None
         self.model_path: Path | None = None
         self.startup_s: float | None = None
+        self.reniced = 0  # llama.cpp threads given EmbeddedConfig.nice
 
     def __repr__(self) -> str:
         return f"EmbeddedLLMServer(url={self.base_url if self.running else None!r}, model={self.model_path})"
@@ -140,6 +167,7 @@ class EmbeddedLLMServer:
                     f"GGUF model {model} not found; give an existing file in EmbeddedConfig.model_path"
                 )
             t0 = time.monotonic()
+            threads_before = _thread_ids()
             params = xlc.CommonParams()
             params.model.path = str(model)
             params.hostnames = [self.config.host]
@@ -158,6 +186,7 @@ class EmbeddedLLMServer:
             self._server = server
             self.port = params.port
             self.model_path = model
+            self.reniced = _renice(_thread_ids() - threads_before, self.config.nice)
         try:
             self._wait_healthy(t0)
         except EmbeddedServerError:
