@@ -481,8 +481,15 @@ def flash_robot(cfg: RobotFlashConfig, transport: SshTransport | None = None,
                              f"above and in {release}/SELFTEST.log): not switching, {kept}", details=output[-4000:])
         log(_indent(output[-1500:]) if output else "  (no output)")
 
-    steps.title(f"switch current -> releases/{rid} (previous -> {current_target or 'none'})")
-    steps.remote("switch", switch_script(remote, rid))
+    previous = info.get("previous") if is_current else current_target
+    steps.title(f"switch current -> releases/{rid} (previous -> {previous or 'none'})")
+    res = steps.remote("switch", switch_script(remote, rid))
+    if res is not None and not res.ok:
+        raise FlashError(f"switching {remote}/current to release {rid} failed on {cfg.host} (exit {res.returncode}): "
+                         f"{(res.stderr or res.stdout).strip()[-300:]}; current still points at "
+                         f"{current_target or 'nothing'}")
+    if res is not None and res.stdout.strip():
+        log(_indent(res.stdout.strip()))
     steps.title("install the service" + (" and restart it" if cfg.systemd else " files (--no-systemd)"))
     res = steps.remote("service", service_script(cfg, release, remote, units), timeout_s=180)
     if res is not None and not res.ok:
@@ -495,8 +502,8 @@ def flash_robot(cfg: RobotFlashConfig, transport: SshTransport | None = None,
     if not cfg.systemd:
         log(manual_service_text(remote, units, bundle_name, cfg.device))
     verb = "would be" if cfg.dry_run else "is"
-    log(f"done: release {rid} {verb} current on {cfg.host}" + ("" if cfg.dry_run else
-        f" (previous: {current_target.rsplit('/', 1)[-1] if current_target else 'none'})"))
+    log(f"done: release {rid} {verb} current on {cfg.host} (previous: "
+        f"{previous.rsplit('/', 1)[-1] if previous else 'none'})")
     return 0
 
 

@@ -311,6 +311,16 @@ def test_wrong_device_and_refused_key_are_clear_errors(sshd, installed, capsys):
     assert "permission denied" in err and "ssh-copy-id" in err
 
 
+def test_no_ssh_server_is_a_clear_error(sshd, installed, capsys):
+    """A port where no SSH server listens fails at once (BatchMode, no prompt) with a sentence
+    naming the host, the port and what to check."""
+    args = _args(sshd, installed, installed["bundle"])
+    args[args.index(str(sshd["port"]))] = str(_free_port())
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "refused the SSH connection" in err and "is the SSH server running" in err
+
+
 def test_upgrade_switches_and_keeps_previous(sshd, installed, capsys):
     """A changed bundle makes a new release: current moves to it, previous points at the old
     one, whose files and venv are kept (a rollback is one symlink away)."""
