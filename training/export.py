@@ -16,7 +16,8 @@ MatMul/Add/Mul/Sigmoid/Tanh/Softmax nodes. The exported graph is then checked:
 2. numerically: ONNX Runtime on fresh random inputs (new seed each export, recorded in the
    manifest) against the torch reference planner (``training.planner``, which loops over the
    horizon in Python) and the torch module itself; refused when the error exceeds
-   :attr:`ExportConfig.tolerance` (fp32).
+   :attr:`ExportConfig.tolerance` (costs, embeddings) / :attr:`ExportConfig.action_tolerance`
+   (plan outputs).
 
 Encoders are exported with a dynamic batch axis and checked the same way. Quantised
 variants (``training.quantize``) are measured against fp32 and their errors recorded in the
@@ -294,6 +295,11 @@ class CheckReport:
     def worst(self) -> float:
         return max(self.max_abs.values())
 
+    def exceeding(self, cost_tol: float, action_tol: float) -> dict[str, float]:
+        """Outputs whose error is above their tolerance (costs: ``cost_tol``, plan outputs: ``action_tol``)."""
+        return {k: v for k, v in self.max_abs.items()
+                if v > (cost_tol if k in ("best_cost", "mean_cost") else action_tol)}
+
 
 def torch_planner_outputs(predictor: Predictor, params: PlannerParams, inputs: dict[str, np.ndarray]
                           ) -> dict[str, np.ndarray]:
@@ -385,11 +391,14 @@ class ExportConfig:
 
     Attributes:
         precisions: planner variants to write (fp32 always; int8 = static QDQ; fp16).
-        tolerance: max abs error allowed between ONNX fp32 and the torch reference (actions,
-            std, conf, embeddings; costs relative to their size): the export is refused above
-            it. 1e-3 is 0.05 % of the action range; float32 round-off in the costs is
-            amplified by ``1 / (temperature * std(cost))`` in the MPPI softmax, which puts
-            honest fp32 differences at ~1e-4 on the updated mean.
+        tolerance: max error allowed between ONNX fp32 and the torch reference on the
+            well-conditioned outputs: costs (relative to their size) and encoder embeddings
+            (absolute). The export is refused above it.
+        action_tolerance: max abs error on the plan outputs (``mean_out``, ``std_out``,
+            ``best_actions``, ``conf``). These are ill-conditioned by design: the MPPI softmax
+            amplifies float32 round-off of the costs by ``1 / (temperature * std(cost))``
+            (~1e4 at the defaults), which puts honest fp32 differences at up to ~2e-3 on the
+            updated mean; a wrong graph is off by > 5e-2. 1e-2 is 0.5 % of the action range.
         trials: random input sets per numerical check.
         calib_windows: dataset windows used to calibrate int8.
         opset: ONNX opset (TensorRT 10.3 parses up to 20).
@@ -397,7 +406,8 @@ class ExportConfig:
     """
 
     precisions: tuple[str, ...] = ("fp32", "int8")
-    tolerance: float = 1e-3
+    tolerance: float = 1e-4
+    action_tolerance: float = 1e-2
     trials: int = 3
     calib_windows: int = 64
     opset: int = OPSET
@@ -407,8 +417,9 @@ class ExportConfig:
         bad = [p for p in self.precisions if p not in ("fp32", "int8", "fp16")]
         if bad or "fp32" not in self.precisions:
             raise ValueError(f"ExportConfig.precisions must include fp32 and only fp32/int8/fp16, got {self.precisions}")
-        if not 0 < self.tolerance < 1:
-            raise ValueError(f"ExportConfig.tolerance must be in (0, 1), got {self.tolerance}")
+        for name in ("tolerance", "action_tolerance"):
+            if not 0 < getattr(self, name) < 1:
+                raise ValueError(f"ExportConfig.{name} must be in (0, 1), got {getattr(self, name)}")
         if self.trials < 1 or self.calib_windows < 1:
             raise ValueError("ExportConfig.trials and calib_windows must be >= 1")
         if not 13 <= self.opset <= 20:
@@ -466,10 +477,11 @@ def export_bundle(encoder: nn.Module, predictor: Predictor, params: PlannerParam
         plan_file = "planner_fp32.onnx"
         export_planner_onnx(predictor, params, tmp / plan_file, cfg.opset)
         plan_check = check_planner(tmp / plan_file, predictor, params, cfg.trials)
-        if plan_check.worst > cfg.tolerance:
-            raise ExportError(f"fused planner ONNX differs from the torch reference by {plan_check.worst:.2e} > "
-                              f"tolerance {cfg.tolerance:.0e} (per output: {plan_check.max_abs}, seed "
-                              f"{plan_check.seed}); export refused")
+        too_far = plan_check.exceeding(cfg.tolerance, cfg.action_tolerance)
+        if too_far:
+            raise ExportError(f"fused planner ONNX differs from the torch reference planner beyond tolerance "
+                              f"({too_far}; costs rel. {cfg.tolerance:.0e}, actions abs. {cfg.action_tolerance:.0e}; "
+                              f"seed {plan_check.seed}); export refused")
         files[plan_file] = tmp / plan_file
         bar.update()
         compat = {f: [str(i) for i in check_trt_compat(p)] for f, p in files.items()}
@@ -520,7 +532,7 @@ def export_bundle(encoder: nn.Module, predictor: Predictor, params: PlannerParam
                         "gru_hidden": predictor.hidden, "gru_layers": predictor.layers,
                         "cost": "sum_t ||z_t - z_goal||_2 + smoothness * sum_t ||a_t - a_{t-1}||^2; "
                                 "weights softmax(-(c - min c) / ((std(c) + 1e-6) * temperature))",
-                        "tolerance": cfg.tolerance},
+                        "tolerance": {"costs_relative": cfg.tolerance, "actions_abs": cfg.action_tolerance}},
             "tensorrt_compat": compat,
         }
         written = write_bundle(out_dir, files, manifest_parts, training_config=training_config or {},
@@ -584,7 +596,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--smoothness", type=float, help="smoothness weight (default: planner.smoothness)")
     ap.add_argument("--data", help="dataset for int8 calibration (default: the run's data.path)")
     ap.add_argument("--calib-windows", type=int, default=ExportConfig.calib_windows, help="calibration windows")
-    ap.add_argument("--tolerance", type=float, default=ExportConfig.tolerance, help="max fp32 ONNX-vs-torch error")
+    ap.add_argument("--tolerance", type=float, default=ExportConfig.tolerance,
+                    help="max fp32 ONNX-vs-torch error on costs (relative) and embeddings")
+    ap.add_argument("--action-tolerance", type=float, default=ExportConfig.action_tolerance,
+                    help="max fp32 ONNX-vs-torch error on the plan (actions, std, conf)")
     ap.add_argument("--int8-encoder", action="store_true", help="also write an int8 encoder")
     ap.add_argument("--name", help="bundle name recorded in the manifest (default: the folder name)")
     ap.add_argument("--force", action="store_true", help="overwrite an existing bundle folder")
@@ -596,7 +611,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         precisions = tuple(dict.fromkeys(["fp32"] + [p.strip() for p in args.precisions.split(",") if p.strip()]))
-        cfg = ExportConfig(precisions=precisions, tolerance=args.tolerance, calib_windows=args.calib_windows,
+        cfg = ExportConfig(precisions=precisions, tolerance=args.tolerance, action_tolerance=args.action_tolerance, calib_windows=args.calib_windows,
                            int8_encoder=args.int8_encoder)
         out = Path(args.out)
         if out.exists() and any(out.iterdir()) and not args.force:

@@ -75,10 +75,50 @@ def quantize_int8(src: str | Path, dst: str | Path, feeds: Iterable[dict[str, np
     return dst
 
 
+def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Rewrite ``Gemm(x, W, b, transB=1)`` with a constant W as ``MatMul(x, W^T) + b``.
+
+    ONNX Runtime's dynamic quantiser mis-handles ``Gemm`` with ``transB`` (shape inference
+    fails on the MatMul it emits), while it quantises plain MatMul fine. Same math; shared
+    weights get one transposed initializer.
+    """
+    inits = {t.name: t for t in model.graph.initializer}
+    transposed: dict[str, str] = {}
+    nodes = []
+    for node in model.graph.node:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if (node.op_type != "Gemm" or node.input[1] not in inits or attrs.get("transA", 0)
+                or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0):
+            nodes.append(node)
+            continue
+        w = node.input[1]
+        if attrs.get("transB", 0):
+            if w not in transposed:
+                arr = onnx.numpy_helper.to_array(inits[w]).T.copy()
+                transposed[w] = w + "_T"
+                model.graph.initializer.append(onnx.numpy_helper.from_array(arr, transposed[w]))
+            w = transposed[w]
+        has_bias = len(node.input) > 2 and node.input[2]
+        mm_out = node.output[0] + "_mm" if has_bias else node.output[0]
+        nodes.append(onnx.helper.make_node("MatMul", [node.input[0], w], [mm_out], name=node.name + "_mm"))
+        if has_bias:
+            nodes.append(onnx.helper.make_node("Add", [mm_out, node.input[2]], [node.output[0]], name=node.name + "_bias"))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    used = {i for n in model.graph.node for i in n.input}
+    keep = [t for t in model.graph.initializer if t.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+    return model
+
+
 def quantize_int8_dynamic(src: str | Path, dst: str | Path) -> Path:
     """Dynamic INT8 (weights int8, activations quantised per call; MatMulInteger). CPU only."""
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
-                     per_channel=False)
+    with tempfile.TemporaryDirectory(prefix="edge-quant-") as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        onnx.save(gemm_to_matmul(onnx.load(str(src))), str(pre))
+        quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
+                         per_channel=False)
     return Path(dst)
 
 

@@ -11,7 +11,7 @@ Hot path: the planner's outputs are bound once to preallocated buffers with I/O 
 the inputs are bound as zero-copy CPU views, so a call allocates nothing but the copies
 handed back in :class:`edge.backends.PlanResult`.
 
-Threads: ``intra_op_threads`` defaults to :data:`DEFAULT_THREADS` per device, sequential
+Threads: ``intra_op_threads`` defaults to :func:`default_threads` (1), sequential
 execution mode (the graphs are chains; parallel mode only adds scheduling overhead), one
 inter-op thread. ``benchmarks/bench_planner.py`` measures the alternatives.
 
@@ -20,7 +20,6 @@ Never imports torch.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,10 +39,15 @@ GRAPH_OPT_LEVELS = {
 
 
 def default_threads(device: str) -> int:
-    """Intra-op threads per device: a Pi 4/5 has 4 cores; on a generic CPU use up to 4 cores
-    (the planner's matrices are small, more threads mostly add synchronisation)."""
-    cores = os.cpu_count() or 1
-    return min(4, cores)
+    """Intra-op threads: 1 on every device.
+
+    The fused planner is a long chain of small operators ([N, 96] x [96, 288] matmuls and
+    element-wise gate math); ``benchmarks/bench_planner.py`` measured 2 intra-op threads
+    slower than 1 at N in {64, 256} on a 2-core x86 (thread hand-off costs more than the split
+    work saves). Measure on the robot (``edge-build --threads 2`` prints the latency) and pass
+    ``intra_op_threads`` when more cores pay off, e.g. N=1024 on a 4-core Pi 5.
+    """
+    return 1
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,7 @@ def _graph(nodes, inits, opset=17, inputs=None, outputs=None):
     inputs = inputs or [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 4])]
     outputs = outputs or [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 4])]
     g = helper.make_graph(nodes, "g", inputs, outputs, initializer=inits)
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
 
 
 def test_nonzero_zero_point_is_flagged() -> None:

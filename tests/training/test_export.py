@@ -130,3 +130,26 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) 
     assert err.startswith("edge-export: error:") and "edge-train" in err and "Traceback" not in err
     with pytest.raises(SystemExit):
         ex.main(["--help"])
+
+
+def test_quantised_forms_stay_close_to_fp32(tmp_path: Path) -> None:
+    """Static QDQ (calibrated) and dynamic int8 planners run and keep the mean cost within 10 % of fp32;
+    the Gemm->MatMul rewrite used by the dynamic quantiser is exact."""
+    from training.quantize import gemm_to_matmul, planner_calibration_feeds, quantize_int8, quantize_int8_dynamic
+
+    pred = _pred(6)
+    path = ex.export_planner_onnx(pred, PARAMS, tmp_path / "p.onnx")
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((32, 6)).astype(np.float32) * 0.5
+    feeds = planner_calibration_feeds(z, PARAMS, rng, n=6)
+    quantize_int8(path, tmp_path / "q.onnx", feeds[:4])
+    quantize_int8_dynamic(path, tmp_path / "d.onnx")
+    onnx.save(gemm_to_matmul(onnx.load(str(path))), str(tmp_path / "m.onnx"))
+    run = {k: ort.InferenceSession(str(tmp_path / f"{k}.onnx"), providers=["CPUExecutionProvider"])
+           for k in ("p", "q", "d", "m")}
+    for f in feeds[4:]:
+        out = {k: dict(zip(ex.PLANNER_OUTPUTS, s.run(list(ex.PLANNER_OUTPUTS), f))) for k, s in run.items()}
+        np.testing.assert_allclose(out["m"]["mean_cost"], out["p"]["mean_cost"], rtol=1e-5)
+        for k in ("q", "d"):
+            assert float(out[k]["mean_cost"]) == pytest.approx(float(out["p"]["mean_cost"]), rel=0.1)
+    assert "MatMulInteger" in ex.onnx_ops(tmp_path / "d.onnx")

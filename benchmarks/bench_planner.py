@@ -1,0 +1,274 @@
+"""Fused planner and encoder latency on this CPU (ONNX Runtime), against the torch reference.
+
+    python benchmarks/bench_planner.py [--checkpoint runs/default_sensor] [--quick]
+
+One run measures, for the default planner size (H, J and the predictor from the config or
+checkpoint) and N in {64, 256, 1024}:
+
+- the fused ONNX Runtime planner (one graph call) vs the torch reference planner
+  (``training.planner.plan``: Python loop over the horizon, batched over samples), same
+  weights, N, H, J, both on 1 thread: goal >= 3x at the default N;
+- achieved GFLOP/s of the fused planner (FLOPs counted analytically: GRU matmuls, output
+  projection, cost) divided by the GFLOP/s of a large float32 matmul on 1 thread measured in the
+  same run (ONNX Runtime MatMul and numpy; the faster is the ceiling): goal >= 0.6;
+- INT8 vs FP32 planner latency for static QDQ (the TensorRT-consumable bundle format),
+  QOperator static and dynamic quantisation: goal >= 1.3x faster;
+- encoder latency per call (batch 1) for the sensor and the camera model;
+- ONNX Runtime options at the default N: graph optimisation level, intra-op threads 1 vs 2,
+  sequential vs parallel execution, I/O binding vs plain run.
+
+Prints a table and writes ``benchmarks/results/planner.json``. Timings are medians; the
+machine is shared, so compare ratios taken in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+import torch  # noqa: E402
+from onnx import TensorProto, helper  # noqa: E402
+from onnxruntime.quantization import QuantFormat, QuantType, quantize_static  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from training import export as ex  # noqa: E402
+from training.config import Config, PlannerConfig  # noqa: E402
+from training.models import CameraEncoder, Predictor, SensorEncoder  # noqa: E402
+from training.planner import plan  # noqa: E402
+from training.quantize import ListCalibrationReader, planner_calibration_feeds, quantize_int8, quantize_int8_dynamic  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results" / "planner.json"
+
+
+def timeit(fn, min_runs: int = 5, budget_s: float = 1.5, warmup: int = 2) -> float:
+    """Median wall time (ms) of ``fn()`` over >= min_runs calls or ~budget_s."""
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < min_runs or (time.perf_counter() - start < budget_s and len(times) < 200):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+
+def session(path: Path | str, threads: int = 1, level: str = "all", parallel: bool = False) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = threads if parallel else 1
+    so.execution_mode = ort.ExecutionMode.ORT_PARALLEL if parallel else ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                                   "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                                   "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def planner_flops(pred: Predictor, params: ex.PlannerParams) -> float:
+    """FLOPs of one fused planner call, counted analytically (multiply-add = 2 FLOPs).
+
+    Per sample-step: GRU input and recurrent matmuls of every layer (6 Hd (I + Hd)), the
+    output projection (2 Hd E) and the cost term (3 E). Plus the final mean rollout with the
+    confidence head, and the MPPI update (weights, mean, std: ~8 H A per sample).
+    """
+    E, hd, A = pred.embed_dim, pred.hidden, 2
+    gru = sum(6 * hd * ((E + A if i == 0 else hd) + hd) for i in range(pred.layers))
+    per_step = gru + 2 * hd * E + 3 * E
+    conf_head = 2 * hd * pred.conf_head[0].out_features + 2 * pred.conf_head[0].out_features
+    sampled = params.J * params.N * (params.H * per_step + 8 * params.H * A)
+    final = params.H * (per_step + conf_head)
+    return float(sampled + final + 2 * E * pred.layers * hd)
+
+
+def matmul_ceiling(n: int = 1024) -> dict[str, float]:
+    """GFLOP/s of an n x n float32 matmul on 1 thread: ONNX Runtime MatMul and numpy."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n)).astype(np.float32)
+    b = rng.standard_normal((n, n)).astype(np.float32)
+    g = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "mm",
+                          [helper.make_tensor_value_info("a", TensorProto.FLOAT, [n, n]),
+                           helper.make_tensor_value_info("b", TensorProto.FLOAT, [n, n])],
+                          [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "mm.onnx"
+        onnx.save(m, str(path))
+        s = session(path)
+        t_ort = timeit(lambda: s.run(None, {"a": a, "b": b}))
+    t_np = timeit(lambda: a @ b)
+    flops = 2.0 * n**3
+    return {"ort_matmul_gflops": flops / t_ort / 1e6, "numpy_matmul_gflops": flops / t_np / 1e6}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 epilog="example: python benchmarks/bench_planner.py --checkpoint runs/default_sensor")
+    ap.add_argument("--checkpoint", help="run folder (default: random weights of the default config)")
+    ap.add_argument("--quick", action="store_true", help="N=64 only, shorter timings")
+    ap.add_argument("--out", default=str(RESULTS), help="JSON results path")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    if args.checkpoint:
+        from training.checkpoint import load_world_model
+
+        wm = load_world_model(args.checkpoint)
+        cfg, pred, sensor_enc = wm.config, wm.predictor.eval(), wm.encoder.eval()
+        weights = f"checkpoint {args.checkpoint}"
+    else:
+        cfg = Config()
+        m = cfg.model
+        pred = Predictor(m.embed_dim, m.pred_hidden, m.pred_layers, conf_hidden=m.conf_hidden).eval()
+        sensor_enc = SensorEncoder(m.embed_dim, m.enc_hidden, m.enc_depth).eval()
+        weights = "random (default config)"
+    m = cfg.model
+    cam_enc = CameraEncoder(m.embed_dim, tuple(m.cam_channels), m.enc_hidden).eval()
+    pc: PlannerConfig = cfg.planner
+    Ns = [64] if args.quick else [64, 256, 1024]
+    default_N = pc.samples
+    budget = 0.5 if args.quick else 1.5
+    rng = np.random.default_rng(0)
+    results: dict = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
+                                 "cpus": os.cpu_count(), "onnxruntime": ort.__version__, "torch": torch.__version__},
+                     "weights": weights,
+                     "model": {"E": m.embed_dim, "gru_hidden": m.pred_hidden, "gru_layers": m.pred_layers},
+                     "planner": {"H": pc.horizon, "J": pc.iterations, "default_N": default_N}}
+    ceiling = matmul_ceiling()
+    ceiling_gflops = max(ceiling.values())
+    results["matmul_ceiling"] = ceiling
+    rows = []
+    tmp = Path(tempfile.mkdtemp(prefix="bench-planner-"))
+    sensors = np.concatenate([rng.uniform(0.05, 1, (64, 8)), rng.uniform(-0.95, 0.95, (64, 2)),
+                              rng.uniform(-1, 1, (64, 4))], 1).astype(np.float32)
+    with torch.no_grad():
+        z_real = sensor_enc(torch.from_numpy(sensors)).numpy()
+    paths = {}
+    for N in Ns:
+        params = ex.PlannerParams(N=N, H=pc.horizon, J=pc.iterations, temperature=pc.temperature,
+                                  smoothness=pc.smoothness, std_init=pc.std_init, std_min=pc.std_min)
+        path = ex.export_planner_onnx(pred, params, tmp / f"planner_{N}.onnx")
+        paths[N] = (path, params)
+        feeds = planner_calibration_feeds(z_real, params, rng, n=1)[0]
+        s = session(path)
+        t_ort = timeit(lambda: s.run(None, feeds), budget_s=budget)
+        tfeeds = {k: torch.from_numpy(v) for k, v in feeds.items()}
+        rcfg = PlannerConfig(samples=N, horizon=pc.horizon, iterations=pc.iterations, temperature=pc.temperature,
+                             smoothness=pc.smoothness, std_init=pc.std_init, std_min=pc.std_min,
+                             elites=min(pc.elites, N))
+        t_torch = timeit(lambda: plan(pred, tfeeds["z0"], tfeeds["z_goal"], tfeeds["mean"], tfeeds["std"],
+                                      tfeeds["noise"], rcfg), budget_s=budget)
+        gflops = planner_flops(pred, params) / t_ort / 1e6
+        row = {"N": N, "fused_ort_ms": t_ort, "torch_reference_ms": t_torch, "speedup_vs_torch": t_torch / t_ort,
+               "fused_gflops": gflops, "fraction_of_matmul_ceiling": gflops / ceiling_gflops,
+               "graph_nodes": len(onnx.load(str(path)).graph.node)}
+        rows.append(row)
+    results["fused_vs_torch"] = rows
+
+    # INT8 variants at the default N (or the only N in --quick).
+    n_q = default_N if default_N in paths else Ns[0]
+    path, params = paths[n_q]
+    calib = planner_calibration_feeds(z_real, params, rng, n=8)
+    feeds = planner_calibration_feeds(z_real, params, rng, n=1)[0]
+    fp32_ref = session(path)
+    want = dict(zip(ex.PLANNER_OUTPUTS, fp32_ref.run(list(ex.PLANNER_OUTPUTS), feeds)))
+    t_fp32 = timeit(lambda: fp32_ref.run(None, feeds), budget_s=budget)
+    q = {"fp32_ms": t_fp32, "N": n_q, "variants": {}}
+    variants = {"int8_static_qdq": lambda dst: quantize_int8(path, dst, calib),
+                "int8_static_qoperator": lambda dst: quantize_static(
+                    str(path), str(dst), ListCalibrationReader(calib), quant_format=QuantFormat.QOperator,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+                    op_types_to_quantize=["MatMul", "Gemm"]),
+                "int8_dynamic": lambda dst: quantize_int8_dynamic(path, dst)}
+    for name, make in variants.items():
+        dst = tmp / f"{name}.onnx"
+        try:
+            make(dst)
+            sq = session(dst)
+            t = timeit(lambda: sq.run(None, feeds), budget_s=budget)
+            got = dict(zip(ex.PLANNER_OUTPUTS, sq.run(list(ex.PLANNER_OUTPUTS), feeds)))
+            err = ex.compare_planner_outputs(got, want)
+            q["variants"][name] = {"ms": t, "speedup_vs_fp32": t_fp32 / t, "mean_cost_rel_err": err["mean_cost"],
+                                   "mean_out_abs_err": err["mean_out"]}
+        except Exception as e:  # a quantiser may not support a form; report it instead of failing the run
+            q["variants"][name] = {"error": f"{type(e).__name__}: {e}"[:200]}
+    results["int8_vs_fp32"] = q
+
+    # Encoders, batch 1.
+    enc = {}
+    for kind, model in (("sensor", sensor_enc), ("camera", cam_enc)):
+        p = ex.export_encoder_onnx(model, tmp / f"{kind}.onnx")
+        s = session(p)
+        f = ex.random_encoder_inputs(rng, model, 1)
+        enc[kind] = {"ms_per_call": timeit(lambda: s.run(None, f), budget_s=budget / 2),
+                     "parameters": sum(x.numel() for x in model.parameters())}
+    results["encoders_batch1"] = enc
+
+    # ORT options at the default N.
+    opts = []
+    for level in ("basic", "extended", "all"):
+        for threads in (1, 2):
+            s = session(path, threads, level)
+            opts.append({"graph_optimization": level, "intra_op_threads": threads, "execution": "sequential",
+                         "ms": timeit(lambda: s.run(None, feeds), budget_s=budget)})
+    s = session(path, 2, "all", parallel=True)
+    opts.append({"graph_optimization": "all", "intra_op_threads": 2, "execution": "parallel",
+                 "ms": timeit(lambda: s.run(None, feeds), budget_s=budget)})
+    s = session(path)
+    binding = s.io_binding()
+    outs = {o.name: np.empty([d if isinstance(d, int) else 1 for d in o.shape], np.float32) for o in s.get_outputs()}
+    for name, buf in outs.items():
+        binding.bind_output(name, "cpu", 0, np.float32, list(buf.shape), buf.ctypes.data)
+
+    def bound() -> None:
+        for k, v in feeds.items():
+            binding.bind_cpu_input(k, v)
+        s.run_with_iobinding(binding)
+
+    opts.append({"graph_optimization": "all", "intra_op_threads": 1, "execution": "sequential+io_binding",
+                 "ms": timeit(bound, budget_s=budget)})
+    results["ort_options"] = {"N": n_q, "runs": opts}
+
+    print(f"\nFused planner (H={pc.horizon}, J={pc.iterations}, E={m.embed_dim}, GRU {m.pred_layers}x{m.pred_hidden}; "
+          f"{weights}); 1 thread")
+    print(f"matmul ceiling: ORT {ceiling['ort_matmul_gflops']:.1f} GFLOP/s, numpy {ceiling['numpy_matmul_gflops']:.1f} GFLOP/s")
+    print(f"{'N':>6} {'fused ORT ms':>13} {'torch ref ms':>13} {'speedup':>8} {'GFLOP/s':>8} {'/ceiling':>9} {'nodes':>6}")
+    for r in rows:
+        print(f"{r['N']:>6} {r['fused_ort_ms']:>13.2f} {r['torch_reference_ms']:>13.2f} {r['speedup_vs_torch']:>7.2f}x "
+              f"{r['fused_gflops']:>8.1f} {r['fraction_of_matmul_ceiling']:>9.2f} {r['graph_nodes']:>6}")
+    print(f"\nINT8 vs FP32 at N={n_q} (fp32 {t_fp32:.2f} ms)")
+    for name, v in q["variants"].items():
+        if "error" in v:
+            print(f"  {name:24s} failed: {v['error']}")
+        else:
+            print(f"  {name:24s} {v['ms']:8.2f} ms  speedup {v['speedup_vs_fp32']:.2f}x  mean_cost rel err "
+                  f"{v['mean_cost_rel_err']:.1e}  mean_out abs err {v['mean_out_abs_err']:.2e}")
+    print("\nEncoders (batch 1, 1 thread)")
+    for kind, v in enc.items():
+        print(f"  {kind:8s} {v['ms_per_call']:.3f} ms/call  ({v['parameters']:,} parameters)")
+    print(f"\nONNX Runtime options at N={n_q}")
+    for o in opts:
+        print(f"  opt={o['graph_optimization']:9s} threads={o['intra_op_threads']} {o['execution']:22s} {o['ms']:8.2f} ms")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
