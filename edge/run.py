@@ -289,48 +289,46 @@ def run_sim(cfg: RunConfig) -> int:
     episodes: list[dict[str, Any]] = []
     outputs: dict[str, str] = {}
     interrupted = False
-    with EStop() as estop:
-        for ep in range(cfg.sim.episodes):
-            if estop.triggered:
-                break
-            mcap = out / ("flight.mcap" if cfg.sim.episodes == 1 else f"flight-ep{ep:03d}.mcap")
-            with SimRobot(cfg, seed=seed + ep) as sim:
-                mc = connect_robot(cfg, sim.port, backend.bundle.max_wheel_speed, sim.ticks_per_rev)
-                recorder = fallback = None
+    with EStop() as estop, SimRobot(cfg, seed=seed) as sim:
+        mc = connect_robot(cfg, sim.port, backend.bundle.max_wheel_speed, sim.ticks_per_rev)
+        fallback = None
+        try:
+            fallback = make_fallback(cfg)
+            camera = make_camera(cfg, sim, needed=backend.bundle.planner.encoder == "camera")
+            for ep in range(cfg.sim.episodes):
+                if estop.triggered:
+                    break
+                if ep > 0:
+                    sim.new_episode(seed + ep)
+                mcap = out / ("flight.mcap" if cfg.sim.episodes == 1 else f"flight-ep{ep:03d}.mcap")
+                recorder = make_recorder(cfg, mcap, backend) if cfg.recorder.enabled else None
                 traj = None
+                if cfg.sim.gif and ep == 0:
+                    traj = TrajectoryRecorder(sim.render_topdown, sim.world_to_px,
+                                              sim.kinematics(cfg.rate_hz, backend.bundle.max_wheel_speed))
+                stats = RunStats(cfg.rate_hz, cfg.sim.time_scale)
+                view = StatusView(cfg.status, stats, link_stats=mc.stats)
+                view.episode_label = f" episode {ep + 1}/{cfg.sim.episodes}" if cfg.sim.episodes > 1 else ""
+
+                def on_tick(info, view=view, traj=traj):
+                    all_stats.add(info)
+                    view.on_tick(info)
+                    if traj is not None:
+                        traj.on_tick(info)
+
+                odo = Odometry(sim.wheel_radius, sim.wheel_base, sim.ticks_per_rev, sim.start_pose)
                 try:
-                    recorder = make_recorder(cfg, mcap, backend) if cfg.recorder.enabled else None
-                    fallback = make_fallback(cfg)
-                    camera = make_camera(cfg, sim, needed=backend.bundle.planner.encoder == "camera")
-                    if cfg.sim.gif and ep == 0:
-                        traj = TrajectoryRecorder(sim.render_topdown, sim.world_to_px,
-                                                  sim.kinematics(cfg.rate_hz, backend.bundle.max_wheel_speed))
-                    stats = RunStats(cfg.rate_hz, cfg.sim.time_scale)
-                    label = f" episode {ep + 1}/{cfg.sim.episodes}" if cfg.sim.episodes > 1 else ""
-                    view = StatusView(cfg.status, stats, link_stats=mc.stats)
-                    view.episode_label = label
-
-                    def on_tick(info, view=view, traj=traj):
-                        all_stats.add(info)
-                        view.on_tick(info)
-                        if traj is not None:
-                            traj.on_tick(info)
-
-                    odo = Odometry(sim.wheel_radius, sim.wheel_base, sim.ticks_per_rev, sim.start_pose)
                     with view:
-                        loop = ControlLoop(cfg, mc.link, backend, odo, clock=sim.clock(),
-                                           camera=camera, recorder=recorder, fallback=fallback, estop=estop,
-                                           truth=sim.true_pose, on_tick=on_tick, noise_seed=seed + ep)
+                        loop = ControlLoop(cfg, mc.link, backend, odo, clock=sim.clock(), camera=camera,
+                                           recorder=recorder, fallback=fallback, estop=estop, truth=sim.true_pose,
+                                           on_tick=on_tick, noise_seed=seed + ep)
                         goal = sim.goal_observation()
                         z = loop.encode_goal(goal.sensor(backend.bundle.normalisation), goal.frame)
                         loop.set_goal(GoalTarget(z=z, pose=goal.pose, source="cli" if cfg.goal.pose else "config"))
                         result = loop.run(max_ticks=cfg.sim.max_steps, duration_s=cfg.duration_s)
                 finally:
-                    if fallback is not None:
-                        fallback.close()
                     if recorder is not None:
                         recorder.close()
-                    mc.disconnect()
                 final = math.hypot(sim.true_pose()[0] - goal.pose[0], sim.true_pose()[1] - goal.pose[1])
                 episodes.append({"episode": ep, "seed": seed + ep, "result": result.reason,
                                  "goal_reached": result.goal_reached, "ticks": result.ticks,
@@ -344,6 +342,10 @@ def run_sim(cfg: RunConfig) -> int:
                 if result.reason == "estop":
                     interrupted = True
                     break
+        finally:
+            if fallback is not None:
+                fallback.close()
+            mc.disconnect()
     successes = sum(e["goal_reached"] for e in episodes)
     summary = summarise(all_stats, {
         "skipped_slots": sum(e["skipped_slots"] for e in episodes),

@@ -89,19 +89,26 @@ def _install_faults(esp: Any, faults: tuple[FaultConfig, ...]) -> None:
 
 
 def _publish_pose(esp: Any, shared: Any) -> None:
-    """After every physics step, write the true pose and the simulated time to shared memory
-    ``[seq, x, y, theta, t]`` (seqlock: ``seq`` is odd while writing)."""
+    """Publish to shared memory ``[seq, x, y, theta, t]``: the true pose after every physics step
+    (seqlock: ``seq`` is odd while writing) and the simulated time whenever the firmware reads its
+    clock (every 1 ms poll; one 8-byte store)."""
     physics = esp._physics
+
+    micros = esp._hal_micros
 
     def physics_and_publish(dt: float) -> None:
         physics(dt)
         pose = esp._sim.robot.pose[0]
         shared[0] += 1.0
         shared[1], shared[2], shared[3] = float(pose[0]), float(pose[1]), float(pose[2])
-        shared[4] = esp.sim_time_s
         shared[0] += 1.0
 
-    esp._physics = physics_and_publish
+    def micros_and_publish(ctx):  # the firmware reads its clock at least once per 1 ms poll
+        t_us = micros(ctx)
+        shared[4] = t_us * 1e-6
+        return t_us
+
+    esp._physics, esp._hal_micros = physics_and_publish, micros_and_publish
     pose = esp.start_pose
     shared[1], shared[2], shared[3] = float(pose[0]), float(pose[1]), float(pose[2])
     shared[4] = esp.sim_time_s
@@ -135,8 +142,11 @@ def _serve(shm_name: str, cfg: RunConfig, seed: int, proto: Any) -> None:
         except BaseException as e:  # reported to the parent, which raises it
             send(["error", f"{type(e).__name__}: {e}"])
             return
-        send(["ready", {"port": esp.port, "start_pose": [float(v) for v in esp.start_pose],
-                        "goal": [float(v) for v in esp.goal], "layout": esp.layout.as_array()[0].tolist()}])
+        def episode_info() -> dict:
+            return {"port": esp.port, "start_pose": [float(v) for v in esp.start_pose],
+                    "goal": [float(v) for v in esp.goal], "layout": esp.layout.as_array()[0].tolist()}
+
+        send(["ready", episode_info()])
         try:
             for line in sys.stdin:
                 req = line.strip()
@@ -144,7 +154,16 @@ def _serve(shm_name: str, cfg: RunConfig, seed: int, proto: Any) -> None:
                     break
                 try:
                     esp.check()
-                    if req == "stats":
+                    if req.startswith("reset "):
+                        esp.reset_episode(int(req.split()[1]), mode="evaluate")
+                        if cfg.goal.pose is not None:
+                            esp.set_goal(cfg.goal.pose[:2])
+                        pose = esp.start_pose
+                        shared[0] += 1.0
+                        shared[1], shared[2], shared[3] = float(pose[0]), float(pose[1]), float(pose[2])
+                        shared[0] += 1.0
+                        send(["ok", episode_info()])
+                    elif req == "stats":
                         send(["ok", {"collisions": esp.collisions, "dropped_frames": esp.dropped_frames,
                                      "sim_time_s": esp.sim_time_s, "motor_duty": list(esp.motor_duty())}])
                     else:
@@ -253,12 +272,21 @@ class SimRobot:
             self.stop()
             raise RuntimeError(f"the simulated ESP32 failed to start: {info}")
         self.port = info["port"]
+        self._take_episode(info)
+        return self
+
+    def _take_episode(self, info: dict) -> None:
         self.start_pose = tuple(float(v) for v in info["start_pose"])  # type: ignore[assignment]
         self.goal_xy = (float(info["goal"][0]), float(info["goal"][1]))
         self.layout = Layout.from_array(np.asarray(info["layout"]))
         self._seg = segments(self.sim_cfg.world, self.layout)
         self._trail = [self.start_pose[:2]]
-        return self
+
+    def new_episode(self, seed: int) -> None:
+        """New layout, start and goal on the running simulated ESP32 (the robot is picked up and
+        put down; the link and the firmware keep running, the encoders keep counting)."""
+        self.seed = int(seed)
+        self._take_episode(self._ask(f"reset {self.seed}"))
 
     def _read_reply(self, timeout_s: float) -> tuple[str, Any]:
         ready, _, _ = select.select([self._proc.stdout], [], [], timeout_s)
@@ -317,26 +345,26 @@ class SimRobot:
         shared memory the child updates after every physics step; no round trip)."""
         if self._proc is None:
             raise RuntimeError("SimRobot is not started")
-        pose = self._read_shared()[:3]
+        pose = self._read_shared()
         last = self._trail[-1]
         if math.hypot(pose[0] - last[0], pose[1] - last[1]) > 0.01:
             self._trail.append(pose[:2])
         return pose  # type: ignore[return-value]
 
-    def _read_shared(self) -> tuple[float, float, float, float]:
-        """(x, y, theta, simulated time) as one consistent snapshot."""
+    def _read_shared(self) -> tuple[float, float, float]:
+        """The true pose (x, y, theta) as one consistent snapshot."""
         shared = self._shared
         while True:
             seq = shared[0]
-            values = (float(shared[1]), float(shared[2]), float(shared[3]), float(shared[4]))
+            values = (float(shared[1]), float(shared[2]), float(shared[3]))
             if seq == shared[0] and int(seq) % 2 == 0:
                 return values
 
     def sim_time(self) -> float:
-        """Simulated seconds since the simulated ESP32 booted."""
+        """Simulated seconds since the simulated ESP32 booted (1 ms resolution)."""
         if self._proc is None:
             raise RuntimeError("SimRobot is not started")
-        return self._read_shared()[3]
+        return float(self._shared[4])
 
     def clock(self) -> SimClock:
         """A loop clock that runs on simulated time (see :class:`SimClock`)."""

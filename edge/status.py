@@ -69,11 +69,14 @@ class RunStats:
         self.last = info
 
     def achieved_rate(self, window: int | None = None) -> float | None:
-        """Ticks per loop second over the last ``window`` ticks (all by default)."""
-        t = self.t[-window:] if window else self.t
-        if len(t) < 2 or t[-1] <= t[0]:
+        """Ticks per loop second over the last ``window`` ticks (all by default); the time
+        restarting (a new episode) is not counted as an interval."""
+        t = np.asarray(self.t[-window:] if window else self.t)
+        d = np.diff(t)
+        d = d[d > 0]
+        if len(d) == 0:
             return None
-        return (len(t) - 1) / (t[-1] - t[0])
+        return float(len(d) / d.sum())
 
 
 def summarise(stats: RunStats, extra: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -187,3 +187,13 @@ def test_trajectory_rollout_and_gif(tmp_path: Path) -> None:
     rec.on_tick(_info(1, 2.0))
     gif, png = rec.save(tmp_path / "run.gif")
     assert gif.stat().st_size > 0 and cv2.imread(str(png)) is not None
+
+
+def test_achieved_rate_ignores_episode_restarts() -> None:
+    """Two episodes at 20 Hz each (time restarting at 0) report 20 Hz, not a mixed figure."""
+    stats = RunStats(20.0)
+    for ep in range(2):
+        for i in range(50):
+            info = _info(i, 1.0)
+            stats.add(info)
+    assert stats.achieved_rate() == pytest.approx(20.0)
