@@ -197,3 +197,25 @@ def test_achieved_rate_ignores_episode_restarts() -> None:
             info = _info(i, 1.0)
             stats.add(info)
     assert stats.achieved_rate() == pytest.approx(20.0)
+
+
+def test_status_view_renders_rate_latency_confidence_link_and_goal(capsys) -> None:
+    """The live panel shows the rate, per-stage latency, confidence, link counters and goal
+    distance; without a terminal, 'live' falls back to plain lines."""
+    from rich.console import Console
+
+    from edge.status import StatusView
+
+    stats = RunStats(20.0)
+    view = StatusView("live", stats, link_stats=lambda: SimpleNamespace(frames_rx=12, crc_errors=1))
+    assert view.mode == "plain"  # pytest's stdout is not a terminal
+    for i in range(5):
+        info = _info(i, 2.0)
+        info.goal_distance_m = 1.25
+        view.on_tick(info)
+    assert "goal=1.25m" in capsys.readouterr().out
+    console = Console(record=True, width=160)
+    console.print(view._render())
+    text = console.export_text()
+    for needle in ("rate", "20.0 Hz", "plan", "confidence", "0.90", "frames_rx=12", "crc_errors=1", "1.25 m"):
+        assert needle in text, needle
