@@ -38,7 +38,7 @@ def system_prompt(durations_s: Sequence[float]) -> str:
         f"Allowed actions: {', '.join(ACTIONS)}. Allowed durations in seconds: {durations}.\n"
         "Rules: never drive toward an obstacle closer than 0.3 m; prefer turning toward open "
         "space or toward the goal; choose stop when every direction is blocked or you are unsure.\n"
-        'Answer with a JSON object only, exactly like {"action": "turn_left", "duration_s": 1.0}.'
+        'Answer with one JSON object only: {"action": <one allowed action>, "duration_s": <one allowed duration>}.'
     )
 
 
