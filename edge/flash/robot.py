@@ -433,7 +433,7 @@ def flash_robot(cfg: RobotFlashConfig, transport: SshTransport | None = None,
     remote = absolute_remote_dir(cfg.remote_dir, home)
     release = f"{remote}/releases/{rid}"
     current_target = info.get("current")
-    log(f"  {info.get('user')}@{cfg.host}: {info.get('arch')}, Python {info.get('python')}, "
+    log(f"  {cfg.host}: user {info.get('user')}, {info.get('arch')}, Python {info.get('python')}, "
         f"{'systemd' if info.flag('systemd') else 'no systemd'}; current release: "
         f"{current_target.rsplit('/', 1)[-1] or 'none'}")
 
