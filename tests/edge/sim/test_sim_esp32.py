@@ -19,6 +19,7 @@ from edge.sim.esp32 import SimulatedESP32  # noqa: E402
 from edge.sim.world import WorldConfig  # noqa: E402
 
 FIXED = SimConfig(world=WorldConfig(layout="fixed"))
+WATCHDOG_MS = 1000
 START = np.array([-1.0, 0.6, 0.0])  # left room, facing the dividing wall 1 m ahead (door at |y| < 0.225)
 
 
@@ -67,6 +68,12 @@ def esp():
     with SimulatedESP32(FIXED, seed=0, time_scale=1.0) as e:
         e.reset_episode(start=START, goal=[1.0, 0.0])
         c = RawClient(e.port)
+        # A 1 s watchdog: a test thread starved by a loaded CI machine for 200 ms must not stop
+        # the robot mid-test. (The watchdog itself is tested with this timeout.)
+        c.send(P.MsgType.CONFIG, telemetry_period_ms=10, watchdog_ms=WATCHDOG_MS, max_wheel_speed=15.0,
+               ticks_per_rev=1320)
+        run_for(e, c, 0.05)
+        assert any(f.type == P.MsgType.ACK and f.fields["acked_type"] == P.MsgType.CONFIG for f in c.frames)
         yield e, c
         c.close()
 
@@ -119,7 +126,7 @@ def test_watchdog_stops_robot(esp):
     e, c = esp
     run_for(e, c, 0.5, heartbeat=(6.0, 6.0))
     assert np.all(e.wheel_speeds > 4.0)
-    run_for(e, c, 1.0)  # no heartbeats
+    run_for(e, c, WATCHDOG_MS / 1000 + 1.0)  # no heartbeats
     p1 = e.true_pose
     run_for(e, c, 0.3)
     assert np.allclose(e.true_pose, p1, atol=1e-4)
@@ -147,33 +154,35 @@ def test_render_and_camera(esp):
     assert not e.goal_reached and e.goal_distance == pytest.approx(np.hypot(2.0, 0.6))
 
 
-def test_serial_link_end_to_end(esp):
+def test_serial_link_end_to_end():
     """The host link (firmware_bridge.link.SerialLink) works against the simulated ESP32:
-    HELLO gives the device info, CONFIG raises the speed clamp above the firmware default
-    (10 rad/s) so SET_VEL 12 rad/s is reached, and ESTOP stops the wheels."""
+    HELLO gives the device info, CONFIG (acked) sets the speed clamp and SET_VEL 12 rad/s is
+    reached, and ESTOP stops the wheels."""
     from firmware_bridge.link import SerialLink
 
-    e, c = esp
-    c.close()
-    link = SerialLink(e.port)
-    link.open()
-    try:
-        link.wait_for_telemetry(timeout=5.0)
-        assert link.device_info is not None and link.device_info.boot_count == 1
-        link.configure(telemetry_period_ms=10, watchdog_ms=200, max_wheel_speed=15.0, ticks_per_rev=1320)
-        t_end = e.sim_time_s + 0.8
+    def run_sim(seconds, velocity=None):
+        t_end = e.sim_time_s + seconds
         deadline = time.monotonic() + 30
         while e.sim_time_s < t_end and time.monotonic() < deadline:
-            link.send_velocity(12.0, 12.0)
+            if velocity is not None:
+                link.send_velocity(*velocity)
             time.sleep(0.02)
-        assert np.all(e.wheel_speeds > 11.0)
-        tel = link.wait_for_telemetry(timeout=2.0)
-        assert tel.speed_left > 11.0 and np.isfinite(tel.ranges_m).all()
-        link.estop()
-        t_end = e.sim_time_s + 0.8
-        while e.sim_time_s < t_end and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert np.all(np.abs(e.wheel_speeds) < 0.1)
-        assert link.wait_for_telemetry(timeout=2.0).estop_latched
-    finally:
-        link.close()
+
+    with SimulatedESP32(FIXED, seed=0) as e:
+        e.reset_episode(start=START, goal=[1.0, 0.0])
+        link = SerialLink(e.port)
+        link.open()
+        try:
+            link.wait_for_telemetry(timeout=5.0)
+            assert link.device_info is not None and link.device_info.boot_count == 1
+            link.configure(telemetry_period_ms=10, watchdog_ms=WATCHDOG_MS, max_wheel_speed=15.0, ticks_per_rev=1320)
+            run_sim(0.8, velocity=(12.0, 12.0))
+            assert np.all(e.wheel_speeds > 11.0)
+            tel = link.wait_for_telemetry(timeout=2.0)
+            assert tel.speed_left > 11.0 and np.isfinite(tel.ranges_m).all()
+            link.estop()
+            run_sim(0.8)
+            assert np.all(np.abs(e.wheel_speeds) < 0.1)
+            assert link.wait_for_telemetry(timeout=2.0).estop_latched
+        finally:
+            link.close()
