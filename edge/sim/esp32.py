@@ -227,6 +227,14 @@ class SimulatedESP32:
         with self._lock:
             return self._sim.robot.enc[0].copy()
 
+    def snapshot(self) -> dict[str, np.ndarray | float]:
+        """A consistent view of the body at one instant: ``t`` (sim s), ``pose [3]``,
+        ``wheel_speeds [2]`` (rad/s), ``encoder_counts [2]``."""
+        with self._lock:
+            r = self._sim.robot
+            return {"t": self.sim_time_s, "pose": r.pose[0].copy(), "wheel_speeds": r.wheel[0].copy(),
+                    "encoder_counts": r.enc[0].copy()}
+
     @property
     def layout(self) -> Layout:
         return self._sim.layout
