@@ -270,23 +270,43 @@ def pulse_reset(fd: int) -> bool:
     return _modem_lines(fd, dtr=False, rts=False)
 
 
+_GONE = (errno.EIO, errno.ENXIO, errno.ENODEV, errno.ENOENT)
+"""errno values of a port that vanished (a native-USB board re-enumerating after a reset)."""
+
+
+def _open_if_present(port: str, baud: int) -> int | None:
+    """:func:`_open_port`, or None while the port is absent (it may come back after a reset)."""
+    try:
+        return _open_port(port, baud)
+    except FlashError as e:
+        if isinstance(e.__cause__, OSError) and e.__cause__.errno in _GONE:
+            return None
+        raise
+
+
 def read_hello(port: str, timeout_s: float = 5.0, baud: int = LINK_BAUD) -> HelloInfo:
     """Wait for the firmware's HELLO on ``port`` and return what it says.
 
     Reads what is already buffered first; if no HELLO came within a third of ``timeout_s``,
-    resets the board (RTS) once so it boots and sends one. When the board cannot be reset (no
-    modem lines) but other valid frames arrive, their header version is reported
+    resets the board (RTS) once so it boots and sends one. A port that vanishes meanwhile (a
+    native-USB board re-enumerating) is opened again when it is back. When the board cannot be
+    reset (no modem lines) but other valid frames arrive, their header version is reported
     (``from_hello=False``). Raises :class:`FlashError` when nothing valid arrives.
     """
     from firmware_bridge import protocol
 
-    fd = _open_port(port, baud)
+    fd = _open_if_present(port, baud)
     buf = b""
     header_version: int | None = None
+    start = time.monotonic()
+    reset_done = False
     try:
-        start = time.monotonic()
-        reset_done = False
         while time.monotonic() - start < timeout_s:
+            if fd is None:
+                time.sleep(0.1)
+                fd = _open_if_present(port, baud)
+                buf = b""
+                continue
             if not reset_done and time.monotonic() - start > timeout_s / 3:
                 reset_done = True
                 pulse_reset(fd)
@@ -295,11 +315,16 @@ def read_hello(port: str, timeout_s: float = 5.0, baud: int = LINK_BAUD) -> Hell
                 continue
             try:
                 chunk = os.read(fd, 4096)
+            except BlockingIOError:
+                continue
             except OSError as e:
-                if e.errno in (errno.EAGAIN, errno.EIO):  # EIO: the device vanished while resetting
-                    time.sleep(0.05)
-                    continue
-                raise
+                if e.errno not in _GONE:
+                    raise FlashError(f"reading {port} failed: {e}") from e
+                chunk = b""
+            if not chunk:  # end of file or gone: the device went away; open it again when back
+                os.close(fd)
+                fd = None
+                continue
             buf += chunk
             *packets, buf = buf.split(b"\x00")
             for packet in packets:
@@ -315,7 +340,8 @@ def read_hello(port: str, timeout_s: float = 5.0, baud: int = LINK_BAUD) -> Hell
                     return HelloInfo(version, None, None, True)
                 header_version = version
     finally:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
     if header_version is not None:
         return HelloInfo(header_version, None, None, False)
     raise FlashError(f"no valid frame from the firmware on {port} within {timeout_s:.0f} s: did flashing "

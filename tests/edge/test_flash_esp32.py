@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import threading
 import tty
 from pathlib import Path
 
@@ -217,3 +218,18 @@ def test_cli_rejects_unknown_chip(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["esp32", "--port", "/dev/ttyUSB0", "--chip", "esp8266"])
     assert exc.value.code == 2
+
+
+def test_board_that_resets_is_followed_to_its_new_hello(tmp_path):
+    """A port that vanishes while the check reads (the emulator killed and restarted behind a
+    stable symlink, like a native-USB ESP32 re-enumerating after its reset) is opened again
+    and the new boot's HELLO is read."""
+    with Emulator(boot_count=1, stable_path=tmp_path / "edge-esp32") as emu:
+        assert flash32.read_hello(emu.port, timeout_s=3.0).boot_count == 1  # the first boot's HELLO, consumed
+        timer = threading.Timer(0.3, emu.restart)
+        timer.start()
+        try:
+            hello = flash32.read_hello(emu.port, timeout_s=4.0)
+        finally:
+            timer.join()
+    assert hello.from_hello and hello.boot_count == 2
