@@ -42,10 +42,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from edge import __version__ as edge_version
 from edge.flash.errors import FlashError
 from edge.flash.ssh import TRANSFERS, SshTarget, SshTransport
 from edge.flash.wheel import (WheelTags, build_wheel, cached_wheel, default_cache_dir, find_project_root,
-                              project_version, source_archive, source_hash, wheel_build_argv)
+                              source_archive, source_hash, wheel_build_argv)
 
 DEVICES = ("jetson", "pi")
 """Robot computers with a recipe in ``build/<device>/``."""
@@ -405,18 +406,19 @@ def flash_robot(cfg: RobotFlashConfig, transport: SshTransport | None = None,
     """
     transport = transport or SshTransport(cfg.target, cfg.transfer)
     steps = _Steps(transport, cfg.dry_run, log)
-    root = cfg.source_root or find_project_root()
+    # a prebuilt wheel plus own recipes need no source checkout (edge-flash installed from a wheel)
+    root = cfg.source_root or (None if cfg.wheel is not None and cfg.recipes is not None else find_project_root())
 
     steps.title("check the bundle and the recipes")
     bundle = check_bundle(cfg.bundle)
     bundle_name = bundle.resolve().name
-    recipes = recipes_dir(root, cfg.device) if cfg.recipes is None else _custom_recipes(cfg.recipes)
+    recipes = _custom_recipes(cfg.recipes) if cfg.recipes is not None else recipes_dir(_checkout(root), cfg.device)
     if cfg.wheel is not None:
         if not cfg.wheel.is_file():
             raise FlashError(f"--wheel {cfg.wheel} does not exist")
         code_hash = sha256_path(cfg.wheel)
     else:
-        code_hash = source_hash(root)
+        code_hash = source_hash(_checkout(root))
     rid = release_id(cfg, code_hash, bundle, recipes)
     log(f"  bundle {bundle} ok; recipes {recipes}; release {rid}")
 
@@ -456,7 +458,7 @@ def flash_robot(cfg: RobotFlashConfig, transport: SshTransport | None = None,
         return 0
 
     if not release_ok:
-        payload = _payload(cfg, root, info, steps)
+        payload = _payload(cfg, _checkout(root) if cfg.wheel is None else None, info, steps)
         _upload(cfg, transport, steps, payload, bundle, recipes, units, rid, remote, release, code_hash, log)
     else:
         log(f"  release {rid} is already on the robot and verified: not copying it again")
@@ -517,7 +519,11 @@ def _local_matches(info: RobotInfo) -> bool:
             and info.get("python") == f"{sys.version_info[0]}.{sys.version_info[1]}")
 
 
-def _payload(cfg: RobotFlashConfig, root: Path, info: RobotInfo, steps: _Steps) -> Path | None:
+def _checkout(root: Path | None) -> Path:
+    return root if root is not None else find_project_root()
+
+
+def _payload(cfg: RobotFlashConfig, root: Path | None, info: RobotInfo, steps: _Steps) -> Path | None:
     """The wheel (or, for a robot of another CPU/Python, the source archive) to ship.
 
     None in a dry run when it would have to be built first (the build command is printed).
@@ -528,6 +534,7 @@ def _payload(cfg: RobotFlashConfig, root: Path, info: RobotInfo, steps: _Steps) 
                              f"{info.get('python')} on {info.get('arch')}): build it for the robot, or leave "
                              "--wheel out and edge-flash ships the sources to be built there")
         return cfg.wheel
+    root = _checkout(root)
     steps.title("build the runtime wheel")
     hit = cached_wheel(root, cfg.wheel_cache)
     if hit is None and not _local_matches(info):
@@ -560,7 +567,7 @@ def _upload(cfg: RobotFlashConfig, transport: SshTransport, steps: _Steps, paylo
         "venv": {"python": cfg.python, "system_site_packages": cfg.use_system_site_packages,
                  "reuse_site_packages": cfg.reuse_site_packages, "install_deps": cfg.install_deps,
                  "pip_args": list(cfg.pip_args)},
-        "created_by": "edge-flash " + project_version(cfg.source_root or find_project_root()),
+        "created_by": f"edge-flash {edge_version}",
     }
     steps.title(f"copy release {rid} to {cfg.host}:{partial}")
     prepare = f"set -e\nrm -rf {shlex.quote(partial)}\nmkdir -p {shlex.quote(remote + '/releases')}\n"

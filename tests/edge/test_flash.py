@@ -419,3 +419,16 @@ def test_damaged_release_is_copied_again_with_a_new_venv(setup):
     fr.flash_robot(cfg, transport=t, log=lambda _: None)
     assert [k for k, _ in t.scripts] == ["probe", "prepare", "verify", "venv", "selftest", "switch", "service"]
     assert len(t.uploads) == 1
+
+
+def test_prebuilt_wheel_and_recipes_need_no_checkout(setup, monkeypatch):
+    """With --wheel and --recipes, edge-flash works where no source checkout exists (installed
+    from a wheel); without them it says how to proceed."""
+    def no_checkout(start=None):
+        raise FlashError("no checkout here; pass a prebuilt wheel with --wheel PATH")
+
+    monkeypatch.setattr(fr, "find_project_root", no_checkout)
+    t = FakeTransport(JETSON_PROBE)
+    assert fr.flash_robot(_cfg(setup), transport=t, log=lambda _: None) == 0
+    with pytest.raises(FlashError, match="--wheel PATH"):
+        fr.flash_robot(_cfg(setup, recipes=None), transport=FakeTransport(JETSON_PROBE), log=lambda _: None)
