@@ -410,7 +410,11 @@ def flash_robot(cfg: RobotFlashConfig, transport: SshTransport | None = None,
     root = cfg.source_root or (None if cfg.wheel is not None and cfg.recipes is not None else find_project_root())
 
     steps.title("check the bundle and the recipes")
-    bundle = check_bundle(cfg.bundle)
+    bundle = cfg.bundle
+    if not bundle.is_absolute() and not (bundle / "manifest.json").is_file() and root is not None \
+            and (root / bundle / "manifest.json").is_file():
+        bundle = root / bundle  # models/NAME of the checkout when run from another folder
+    bundle = check_bundle(bundle)
     bundle_name = bundle.resolve().name
     recipes = _custom_recipes(cfg.recipes) if cfg.recipes is not None else recipes_dir(_checkout(root), cfg.device)
     if cfg.wheel is not None:
