@@ -100,6 +100,11 @@ def render_model_card(manifest: Mapping[str, Any], latency: Mapping[str, float],
         worst = max(err.values()) if err else float("nan")
         detail = ", ".join(f"{k} {e:.2e}" for k, e in err.items())
         lines.append(f"| {prec} | `{v['file']}` | {worst:.2e} vs {ref} ({detail}) |")
+    lines += ["", "How to read this: costs and `conf` are well-conditioned, so their errors measure the numerics. "
+              "`mean_out` / `best_actions` are MPPI's argmin-like choice among N samples (temperature on "
+              "std-normalised costs): a cost change smaller than the gap between the two best samples can "
+              "pick another sample, so large action errors of a quantised variant mean 'chose a different, "
+              "nearly as cheap plan', not a broken graph. Closed-loop success decides (`edge-eval`)."]
     compat = manifest.get("tensorrt_compat", {})
     if compat:
         bad = {f: i for f, i in compat.items() if i}

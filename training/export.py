@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from edge.trt_compat import check_trt_compat
-from training.models import ACTION_DIM, POSE4_DIM, SENSOR_DIM, CameraEncoder, Predictor, count_parameters
+from training.models import ACTION_DIM, POSE4_DIM, CameraEncoder, Predictor
 
 FORBIDDEN_OPS = frozenset({"Loop", "Scan", "If", "GRU", "LSTM", "RNN", "RandomNormal", "RandomNormalLike",
                            "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli"})
@@ -189,6 +189,11 @@ class _EncoderWrapper(nn.Module):
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         return self.encoder(*inputs)
+
+
+def n_parameters(module: nn.Module) -> int:
+    """All parameters (the deployed EMA encoder has requires_grad=False, so count every tensor)."""
+    return sum(p.numel() for p in module.parameters())
 
 
 def encoder_kind(encoder: nn.Module) -> str:
@@ -443,7 +448,8 @@ def _calibration(encoder: nn.Module, data_path: str | None, n_windows: int, para
 def export_bundle(encoder: nn.Module, predictor: Predictor, params: PlannerParams, out_dir: str | Path,
                   cfg: ExportConfig = ExportConfig(), training_config: dict | None = None,
                   training_metrics: dict | None = None, data_path: str | None = None,
-                  command: str | None = None, name: str | None = None, progress: bool = True) -> Path:
+                  command: str | None = None, name: str | None = None, progress: bool = True,
+                  normalisation: Any = None) -> Path:
     """Export, check, quantise and write a bundle to ``out_dir``; returns the folder.
 
     Raises:
@@ -525,10 +531,10 @@ def export_bundle(encoder: nn.Module, predictor: Predictor, params: PlannerParam
         plan_in, plan_out = planner_io(params, E)
         manifest_parts = {
             "encoders": {kind: {"file": enc_file, "variants": enc_variants, "inputs": enc_in, "outputs": enc_out,
-                                "parameters": count_parameters(encoder), "check": asdict(enc_check)}},
+                                "parameters": n_parameters(encoder), "check": asdict(enc_check)}},
             "planner": {"file": plan_file, **asdict(params), "A": ACTION_DIM, "E": E, "encoder": kind,
                         "variants": variants, "inputs": plan_in, "outputs": plan_out,
-                        "predictor_parameters": count_parameters(predictor),
+                        "predictor_parameters": n_parameters(predictor),
                         "gru_hidden": predictor.hidden, "gru_layers": predictor.layers,
                         "cost": "sum_t ||z_t - z_goal||_2 + smoothness * sum_t ||a_t - a_{t-1}||^2; "
                                 "weights softmax(-(c - min c) / ((std(c) + 1e-6) * temperature))",
@@ -537,6 +543,7 @@ def export_bundle(encoder: nn.Module, predictor: Predictor, params: PlannerParam
         }
         written = write_bundle(out_dir, files, manifest_parts, training_config=training_config or {},
                                training_metrics=training_metrics or {}, command=command, name=name,
+                               normalisation=normalisation,
                                verify=True)
         bar.update()
     bar.close()
@@ -551,6 +558,25 @@ def _ort_reference(fp32_path: Path) -> Callable[[dict[str, np.ndarray]], dict[st
         return dict(zip(PLANNER_OUTPUTS, sess.run(list(PLANNER_OUTPUTS), inputs)))
 
     return run
+
+
+def dataset_normalisation(data_path: str | None) -> tuple[Any, str]:
+    """Sensor normalisation recorded in the dataset's first shard (what the model was trained on).
+
+    Returns (SensorNormalisation, source) with source ``dataset:<file>`` or ``default`` when no
+    shard with normalisation metadata is found.
+    """
+    from edge.sim.dataset import read_shard
+    from edge.sim.obs import SensorNormalisation
+
+    if data_path:
+        p = Path(data_path)
+        shards = sorted(p.glob("*.npz")) if p.is_dir() else ([p] if p.suffix == ".npz" else [])
+        if shards:
+            meta = read_shard(shards[0], verify=False)["meta"]
+            if meta.get("normalisation"):
+                return SensorNormalisation.from_dict(meta["normalisation"]), f"dataset:{shards[0]}"
+    return SensorNormalisation(), "default"
 
 
 def params_from_config(planner_cfg: Any, **overrides: Any) -> PlannerParams:
@@ -628,9 +654,10 @@ def main(argv: list[str] | None = None) -> int:
         data_path = args.data or wm.config.data.path
         t0 = time.perf_counter()
         command = "edge-export " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+        norm, _ = dataset_normalisation(data_path)
         path = export_bundle(wm.encoder, wm.predictor, params, out, cfg, training_config=wm.config.to_dict(),
                              training_metrics=_read_metrics(run), data_path=data_path, command=command,
-                             name=args.name or out.name, progress=not args.quiet)
+                             name=args.name or out.name, progress=not args.quiet, normalisation=norm)
     except (ExportError, ValueError, FileNotFoundError) as e:
         print(f"edge-export: error: {e}", file=sys.stderr)
         return 2

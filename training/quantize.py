@@ -154,7 +154,7 @@ def encoder_calibration_feeds(encoder: nn.Module, data_path: str | None, n_windo
     if data_path and Path(data_path).exists():
         from edge.sim.dataset import WindowDataset
 
-        ds = WindowDataset(data_path, k=4, with_frames=camera)
+        ds = WindowDataset(data_path, k=4, frames=camera, stride=4)
         if len(ds):
             idx = rng.choice(len(ds), size=min(n_windows, len(ds)), replace=False)
             for i in idx:
