@@ -366,6 +366,14 @@ class SimulatedESP32:
         if self._thread is not None:
             return self
         self._lib = load_core()
+        try:
+            self._boot()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _boot(self) -> None:
         self._master, self._slave = os.openpty()
         tty.setraw(self._slave)
         fl = fcntl.fcntl(self._master, fcntl.F_GETFL)
@@ -386,7 +394,6 @@ class SimulatedESP32:
         self._stop.clear()
         self._thread = threading.Thread(target=self._main, name="SimulatedESP32", daemon=True)
         self._thread.start()
-        return self
 
     def stop(self) -> None:
         """Stop the thread, destroy the core and close the pty (idempotent)."""
