@@ -322,13 +322,14 @@ def test_no_ssh_server_is_a_clear_error(sshd, installed, capsys):
 
 
 def test_upgrade_switches_and_keeps_previous(sshd, installed, capsys):
-    """A changed bundle makes a new release (copied with rsync this time): current moves to
-    it, previous points at the old one, whose files and venv are kept (a rollback is one
-    symlink away)."""
+    """A changed bundle makes a new release (copied with rsync this time, where installed):
+    current moves to it, previous points at the old one, whose files and venv are kept (a
+    rollback is one symlink away)."""
     remote = installed["remote"]
     old = os.readlink(remote / "current")
     bundle_d = _bundle(installed["base"] / "src" / "bundle-d", "D")
-    rc = main(_args(sshd, installed, bundle_d, "--transfer", "rsync"))
+    transfer = "rsync" if shutil.which("rsync") else "scp"
+    rc = main(_args(sshd, installed, bundle_d, "--transfer", transfer))
     out = capsys.readouterr().out
     assert rc == 0, out
     new = os.readlink(remote / "current")
