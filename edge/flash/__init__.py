@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edge-flash: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("edge-flash: interrupted; the robot keeps running what it ran before the switch step",
-              file=sys.stderr)
+        where = ("the robot runs what it ran before, unless the switch step had already begun"
+                 if args.command == "robot" else "flash again: an interrupted write leaves no valid firmware")
+        print(f"edge-flash: interrupted; {where}", file=sys.stderr)
         return 130
