@@ -201,3 +201,16 @@ def test_swept_toi_matches_dense_sampling():
             assert np.isinf(toi[i]) or abs(dist.min() - r) < 1e-3
         else:
             assert toi[i] == pytest.approx(ts[inside[0]], abs=1e-4)
+
+
+def test_encoder_noise_perturbs_counts_not_motion():
+    """Encoder noise changes the reported counts (and so odometry) but not the true motion."""
+    clean, noisy = RobotBatch(RobotConfig(), [[0, 0, 0]]), RobotBatch(RobotConfig(encoder_noise_ticks=3.0), [[0, 0, 0]])
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        clean.step(np.array([[6.0, 7.0]]), 0.05, free_seg(1), np.random.default_rng(1))
+        noisy.step(np.array([[6.0, 7.0]]), 0.05, free_seg(1), rng)
+    assert np.allclose(clean.pose, noisy.pose)
+    assert not np.array_equal(clean.enc, noisy.enc)
+    assert np.abs(clean.enc - noisy.enc).max() < 60
+    assert not np.allclose(clean.odom, noisy.odom)
