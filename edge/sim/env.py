@@ -233,7 +233,9 @@ class TwoRoomsEnv(gym.Env):
 
     Observation: ``Dict(sensor: Box[14], ranges: Box[8] (m), pose: Box[3] (odometry),
     wheel_speeds: Box[2] (rad/s)[, frame: Box uint8 [64, 64, 3]])``. Action: ``Box([-1, 1]^2)``
-    normalised wheel targets. Reward: progress towards the goal (m) per step, +1 on success.
+    normalised wheel targets. Range dropouts (``RangeConfig.dropout_prob > 0``) are NaN, outside
+    the ``ranges`` box (the default config has none). Reward: progress towards the goal (m) per
+    step, +1 on success.
     Terminates on success, truncates at ``max_steps``. ``render()`` (``render_mode="rgb_array"``)
     returns the top-down view with the camera frame beside it when the camera is on.
     ``reset(options={"mode": "evaluate"})`` puts the goal in the other room.
