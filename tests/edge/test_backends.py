@@ -162,3 +162,29 @@ def test_edge_build_cli_builds_then_hits(bundle_path: Path, tmp_path: Path, caps
     assert main(["--device", "cpu", "--bundle", str(tmp_path / "none")]) == 2
     assert main(base + ["--precision", "fp16"]) == 2
     assert "fp16 is for GPUs" in capsys.readouterr().err
+
+
+def test_camera_bundle_encodes_frames_with_odometry_pose(tmp_path: Path) -> None:
+    """A camera-model bundle: encode() needs the frame, feeds pose4 = sensor[8:12], matches torch."""
+    import torch
+
+    from training.export import ExportConfig, PlannerParams, export_bundle
+    from training.models import CameraEncoder, Predictor
+
+    torch.manual_seed(0)
+    enc = CameraEncoder(embed_dim=E, channels=(4, 4, 4), hidden=16).eval()
+    pred = Predictor(embed_dim=E, hidden=16, layers=1, conf_hidden=4)
+    out = export_bundle(enc, pred, PlannerParams(N=8, H=3, J=1), tmp_path / "cam", ExportConfig(precisions=("fp32",)),
+                        progress=False)
+    rng = np.random.default_rng(0)
+    sensor = rng.uniform(-1, 1, 14).astype(np.float32)
+    frame = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    with make_backend(out, "cpu", "fp32", cache=EngineCache(tmp_path / "c")) as be:
+        assert be.encoder_name == "camera"
+        z = be.encode(sensor, frame)
+        with pytest.raises(ValueError, match="pass frame"):
+            be.encode(sensor)
+    with torch.no_grad():
+        want = enc(torch.from_numpy(frame.transpose(2, 0, 1)[None].astype(np.float32) / 255.0),
+                   torch.from_numpy(sensor[8:12][None]))[0].numpy()
+    np.testing.assert_allclose(z, want, atol=1e-5)
