@@ -9,8 +9,8 @@
    :class:`edge.loop.ControlLoop` at 20 Hz (ONNX Runtime backend, 1 intra-op thread, a
    random-weight bundle exported at ``--N/--H/--J``, default 128/12/2, unless ``--bundle``
    names one; static in-memory telemetry, no hardware) in interleaved blocks: ``idle`` (no
-   request), ``in_flight_nice10`` (a driver thread keeps a request to the embedded server in
-   flight the whole block; llama.cpp threads at the default ``EmbeddedConfig.nice=10``) and
+   request), ``in_flight_nice19`` (a driver thread keeps a request to the embedded server in
+   flight the whole block; llama.cpp threads at the default ``EmbeddedConfig.nice=19``) and
    ``in_flight_nice0`` (same with a second server whose threads are not reniced). Tick
    latency (observe..record) p50 / p99 / max, start-time jitter p99, missed deadlines.
    Goal: no difference beyond noise. Blocks are interleaved so that changes in background
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench_fallback: {args.requests + 1} decisions with SmolLM2-135M ...", file=sys.stderr)
             report["decisions"] = bench_decisions(fb, args.requests)
             print(f"bench_fallback: control loop, {args.blocks} x 3 blocks of {args.block_s:g} s ...", file=sys.stderr)
-            report["loop"] = bench_loop(bundle, {"in_flight_nice10": fb, "in_flight_nice0": fb0}, args.blocks,
+            report["loop"] = bench_loop(bundle, {"in_flight_nice19": fb, "in_flight_nice0": fb0}, args.blocks,
                                         args.block_s, args.rate)
         finally:
             fb.close()
@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     report["loadavg_end"] = os.getloadavg()
 
     d, lp, pr = report["decisions"], report["loop"], report["profiler"]
-    print(f"\nfallback decision latency, SmolLM2-135M Q4_1, {args.threads} llama.cpp thread(s) at nice 10, "
+    print(f"\nfallback decision latency, SmolLM2-135M Q4_1, {args.threads} llama.cpp thread(s) at nice 19, "
           f"{d['requests']} requests (+1 cold)")
     print(f"  cold first {d['cold_first_ms']:.0f} ms | p50 {d['p50_ms']:.0f} ms | p99 {d['p99_ms']:.0f} ms | "
           f"max {d['max_ms']:.0f} ms | accepted {d['accepted']}/{d['of']} {d['actions']}")

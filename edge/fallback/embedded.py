@@ -43,7 +43,7 @@ class EmbeddedConfig:
     startup_timeout_s: float = 60.0  # model load + first /health ok
     host: str = "127.0.0.1"  # loopback only: the fallback is not a network service
     verbosity: int = 0  # llama.cpp log verbosity (0 = quiet, 3 = default llama.cpp chatter)
-    nice: int = 10  # niceness given to llama.cpp's threads (Linux) so the control loop wins the CPU; 0 = unchanged
+    nice: int = 19  # niceness of llama.cpp's threads (Linux): the lowest priority, so the control loop wins the CPU; 0 = unchanged
 
     def __post_init__(self) -> None:
         if self.n_threads < 1:
