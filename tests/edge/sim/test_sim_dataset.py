@@ -231,7 +231,7 @@ def test_reads_the_runtime_recorders_logs_including_a_truncated_one(tmp_path, ca
     rng = np.random.default_rng(0)
     rows = []
     with FlightRecorder(tmp_path / "flight.mcap", normalisation=norm, flush_period_s=0.01, chunk_size=2048) as rec:
-        for n in range(60):
+        for n in range(300):
             ranges = rng.uniform(0.1, 1.9, 8)
             pose = rng.uniform(-1, 1, 3)
             speeds = rng.uniform(-10, 10, 2)
@@ -240,14 +240,14 @@ def test_reads_the_runtime_recorders_logs_including_a_truncated_one(tmp_path, ca
                                             "wheel_speeds": speeds.tolist()})
             rec.write("/action", n, n * 0.05, {"left": 0.5, "right": -0.25, "source": "planner"})
     ds = WindowDataset(tmp_path / "flight.mcap", 4)
-    assert len(ds) == 59 - 4 + 1
+    assert len(ds) == 299 - 4 + 1
     w = ds[10]
     r, p, s = (np.array([rows[i][j] for i in range(10, 15)]) for j in range(3))
     assert np.allclose(w["sensor"], sensor_vector(r, p, s, norm), atol=1e-6)
     assert np.allclose(w["action"], [[0.5, -0.25]] * 4)
 
     data = (tmp_path / "flight.mcap").read_bytes()
-    (tmp_path / "cut.mcap").write_bytes(data[: len(data) * 2 // 3])
+    (tmp_path / "cut.mcap").write_bytes(data[: len(data) // 2])  # inside the data section
     with caplog.at_level(logging.WARNING):
         cut = WindowDataset(tmp_path / "cut.mcap", 4)
     assert "cut.mcap" in caplog.text and "truncated" in caplog.text
