@@ -159,6 +159,11 @@ def _call(cudart: Any, result: Any, what: str) -> Any:
     return None
 
 
+def _handle(stream: Any) -> int:
+    """Raw ``cudaStream_t`` value for TensorRT (cuda-python stream objects convert with int())."""
+    return int(stream) if not isinstance(stream, int) else stream
+
+
 def build_engine(trt: Any, onnx_path: Path, plan: BuildPlan, out_path: Path, timing_cache: Path,
                  dynamic_batch: dict[str, tuple[int, ...]] | None = None, max_batch: int = 64,
                  workspace_mb: int = 1024) -> None:
@@ -235,17 +240,16 @@ class _Engine:
         self.outputs: list[str] = []
         self.host: dict[str, _PinnedArray] = {}
         self.device: dict[str, Any] = {}
-        for i in range(self.engine.num_io_tensors):
-            name = self.engine.get_tensor_name(i)
-            is_input = self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
-            dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
-            if is_input:
-                shape = shapes[name]
-                self.context.set_input_shape(name, shape)
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        for name in names:  # all input shapes first: output shapes depend on them
+            if self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
+                self.context.set_input_shape(name, shapes[name])
                 self.inputs.append(name)
             else:
-                shape = tuple(self.context.get_tensor_shape(name))
                 self.outputs.append(name)
+        for name in names:
+            dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
+            shape = shapes[name] if name in self.inputs else tuple(self.context.get_tensor_shape(name))
             self.host[name] = _PinnedArray(cudart, shape, dtype)
             self.device[name] = _call(cudart, cudart.cudaMalloc(max(self.host[name].nbytes, 1)), "cudaMalloc")
             self.context.set_tensor_address(name, int(self.device[name]))
@@ -262,7 +266,7 @@ class _Engine:
         for name in self.inputs:
             _call(cudart, cudart.cudaMemcpyAsync(self.device[name], self.host[name].ptr, self.host[name].nbytes, h2d,
                                                  self.stream), "cudaMemcpyAsync H2D")
-        if not self.context.execute_async_v3(self.stream):
+        if not self.context.execute_async_v3(_handle(self.stream)):
             raise RuntimeError("TensorRT execute_async_v3 failed")
         for name in self.outputs:
             _call(cudart, cudart.cudaMemcpyAsync(self.host[name].ptr, self.device[name], self.host[name].nbytes, d2h,
