@@ -192,6 +192,18 @@ def test_schema_grammar_forces_even_the_random_model_into_a_valid_reply(tiny_ser
     assert '"action"' in text
 
 
+def test_embedded_server_threads_run_at_low_priority(tiny_server):
+    """The llama.cpp threads the server started were reniced to EmbeddedConfig.nice (19), so a
+    request in flight yields the CPU to the control loop; this thread keeps its priority."""
+    import os
+    import threading
+
+    assert tiny_server.reniced >= 1
+    nice = {int(t): os.getpriority(os.PRIO_PROCESS, int(t)) for t in os.listdir("/proc/self/task")}
+    assert sum(1 for v in nice.values() if v == 19) >= tiny_server.reniced
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) < 19
+
+
 def test_embedded_server_errors_name_the_fix(tmp_path, monkeypatch):
     """A missing model file, and a missing xllamacpp, give EmbeddedServerError naming the fix."""
     with pytest.raises(EmbeddedServerError, match="model_path"):
