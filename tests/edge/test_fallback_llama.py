@@ -246,3 +246,102 @@ def test_dead_server_url_gives_connection_rejections():
         fb.close()
     with pytest.raises(FallbackRequestError):
         client.complete(build_messages(SITUATION, (0.5,)), "")
+
+
+# ----------------------------------------------------------------------------- through the control loop
+
+
+def _loop_with(fallback):
+    """A real ControlLoop (fake clock/link/backend, always low confidence) using ``fallback``;
+    obstacles 5 cm in front and behind, so the safety guard must block any straight motion."""
+    import math
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from loopfakes import FakeBackend, FakeClock, FakeLink
+
+    from edge.config import load_config
+    from edge.loop import ControlLoop, GoalTarget
+    from edge.odometry import Odometry
+
+    cfg = load_config(None, [{"confidence": {"threshold": 0.5, "low_ticks": 2},
+                              "limits": {"max_accel": 1000.0, "range_guard_m": 0.12},
+                              "fallback": {"macro_speed": 0.4, "hold_action": "stop"}}])
+    clock = FakeClock()
+    link = FakeLink(clock)
+    link.ranges = [0.05, 1.5, 1.5, 1.5, 0.05, 1.5, 1.5, 1.5]
+    backend = FakeBackend(clock, pred_error=1.0)
+    loop = ControlLoop(cfg, link, backend, Odometry(0.033, 0.16, 2 * math.pi * 100.0), clock=clock,
+                       fallback=fallback, noise_seed=0)
+    loop.set_goal(GoalTarget(z=np.zeros(backend.bundle.planner.E, np.float32), pose=None))
+    return loop, clock, link
+
+
+def _tick(loop, clock, real_sleep_s: float = 0.0):
+    info = loop.tick(clock.now() + 1.0)
+    loop.tick_index += 1
+    clock.advance(0.05)
+    if real_sleep_s:
+        time.sleep(real_sleep_s)
+    return info
+
+
+def _tick_until_answered(loop, clock, fb, timeout_s: float = 120.0) -> list:
+    """Tick (holding) while the real request is in flight; returns the infos of those ticks."""
+    infos = [_tick(loop, clock), _tick(loop, clock)]  # low_ticks=2 -> the request goes out
+    assert fb.in_flight or fb.stats.submitted == 1
+    end = time.monotonic() + timeout_s
+    while fb.in_flight and time.monotonic() < end:
+        infos.append(_tick(loop, clock, real_sleep_s=0.02))
+    assert not fb.in_flight
+    return infos
+
+
+def test_smollm2_macro_is_executed_through_the_safety_guard(smollm2_fallback):
+    """Low confidence asks SmolLM2 (real server); while in flight the robot holds (zero command);
+    the accepted macro then runs for its duration with source 'fallback', and the safety guard
+    still applies: with obstacles 5 cm ahead and behind no straight motion is ever sent."""
+    fb = smollm2_fallback
+    loop, clock, link = _loop_with(fb)
+    before = fb.stats.accepted
+    holding = _tick_until_answered(loop, clock, fb)
+    assert all(i.source in ("planner", "hold") for i in holding)
+    assert all(i.action == (0.0, 0.0) for i in holding if i.source == "hold")
+    macro_infos = []
+    for _ in range(60):
+        info = _tick(loop, clock)
+        if info.source == "fallback":
+            macro_infos.append(info)
+        elif macro_infos:
+            break
+    assert fb.stats.accepted == before + 1
+    executing = [m for _, kind, m in loop.events if kind == "fallback" and m.startswith("executing")]
+    assert len(executing) == 1
+    action = executing[0].split()[1]
+    duration = float(executing[0].split()[3])
+    assert len(macro_infos) == pytest.approx(duration / 0.05, abs=1)
+    for info in macro_infos:
+        left, right = info.action
+        assert abs(left + right) < 1e-9  # no straight component ever passes the guard here
+        if action in ("forward", "backward"):
+            assert info.guard_reasons and "range guard" in info.guard_reasons[0]
+        else:
+            assert info.action == MacroAction(action, duration).wheel_command(0.4)
+
+
+def test_random_model_garbage_keeps_the_robot_stopped_in_the_loop(tiny_server):
+    """The garbage model's (unconstrained) replies are rejected; the loop keeps sending the zero
+    hold command, records the rejection, and keeps ticking."""
+    client = ChatClient(ClientConfig(base_url=tiny_server.base_url, use_response_format=False, temperature=1.0,
+                                     timeout_s=30.0, max_retries=0, breaker_failures=10))
+    fb = LLMFallback(client)
+    try:
+        loop, clock, link = _loop_with(fb)
+        infos = _tick_until_answered(loop, clock, fb)
+        infos += [_tick(loop, clock) for _ in range(5)]
+        assert fb.stats.rejected == 1 and fb.stats.accepted == 0
+        assert [m for _, kind, m in loop.events if "rejected" in m]
+        assert all(i.source != "fallback" for i in infos)
+        assert all(cmd == (0.0, 0.0) for cmd in link.sent[1:])
+    finally:
+        fb.close()
