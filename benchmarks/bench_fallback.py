@@ -226,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             print(f"bench_fallback: {args.requests + 1} decisions with SmolLM2-135M ...", file=sys.stderr)
             report["decisions"] = bench_decisions(fb, args.requests)
+            report["decisions"]["fallback_stats"] = fb.stats.as_dict()
             print(f"bench_fallback: control loop, {args.blocks} x 3 blocks of {args.block_s:g} s ...", file=sys.stderr)
             report["loop"] = bench_loop(bundle, {"in_flight_nice19": fb, "in_flight_nice0": fb0}, args.blocks,
                                         args.block_s, args.rate)

@@ -28,7 +28,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from edge.fallback.base import ACTIONS, MacroAction
@@ -302,7 +302,6 @@ class _Endpoint:
     host: str
     port: int
     path: str
-    extra_headers: dict[str, str] = field(default_factory=dict)
 
 
 def _endpoint(base_url: str) -> _Endpoint:
