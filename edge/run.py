@@ -242,13 +242,18 @@ def run_robot(cfg: RunConfig) -> int:
     goal_obs = load_goal(cfg.goal.file)
     backend = open_backend(cfg)
     out = make_run_dir(cfg)
+    fallback = make_fallback(cfg)  # before the link: loading an embedded LLM stalls the interpreter
     with EStop() as estop:
-        mc = connect_robot(cfg, cfg.link.port, backend.bundle.max_wheel_speed, int(cfg.robot.ticks_per_rev))
-        recorder = camera = fallback = None
+        try:
+            mc = connect_robot(cfg, cfg.link.port, backend.bundle.max_wheel_speed, int(cfg.robot.ticks_per_rev))
+        except BaseException:
+            if fallback is not None:
+                fallback.close()
+            raise
+        recorder = camera = None
         try:
             recorder = make_recorder(cfg, out / "flight.mcap", backend) if cfg.recorder.enabled else None
             camera = make_camera(cfg, needed=backend.bundle.planner.encoder == "camera")
-            fallback = make_fallback(cfg)
             stats = RunStats(cfg.rate_hz)
             odo = Odometry(cfg.robot.wheel_radius_m, cfg.robot.wheel_base_m, cfg.robot.ticks_per_rev,
                            cfg.robot.initial_pose)
@@ -259,11 +264,11 @@ def run_robot(cfg: RunConfig) -> int:
                 loop.set_goal(GoalTarget(z=z, pose=goal_obs.pose, source="cli"))
                 result = loop.run(duration_s=cfg.duration_s)
         finally:
-            for closer in (getattr(fallback, "close", None), getattr(camera, "stop", None),
-                           getattr(recorder, "close", None)):
+            mc.disconnect()  # zero wheel speed, then close the port
+            for closer in (getattr(camera, "stop", None), getattr(recorder, "close", None),
+                           getattr(fallback, "close", None)):
                 if closer is not None:
                     closer()
-            mc.disconnect()
     summary = summarise(stats, {"result": result.reason, "goal_reached": result.goal_reached,
                                 "skipped_slots": result.skipped_slots,
                                 "elapsed_s": result.elapsed_s, "message": result.message})
@@ -289,63 +294,66 @@ def run_sim(cfg: RunConfig) -> int:
     episodes: list[dict[str, Any]] = []
     outputs: dict[str, str] = {}
     interrupted = False
-    with EStop() as estop, SimRobot(cfg, seed=seed) as sim:
-        mc = connect_robot(cfg, sim.port, backend.bundle.max_wheel_speed, sim.ticks_per_rev)
-        fallback = None
-        try:
-            fallback = make_fallback(cfg)
-            camera = make_camera(cfg, sim, needed=backend.bundle.planner.encoder == "camera")
-            for ep in range(cfg.sim.episodes):
-                if estop.triggered:
-                    break
-                if ep > 0:
-                    sim.new_episode(seed + ep)
-                mcap = out / ("flight.mcap" if cfg.sim.episodes == 1 else f"flight-ep{ep:03d}.mcap")
-                recorder = make_recorder(cfg, mcap, backend) if cfg.recorder.enabled else None
-                traj = None
-                if cfg.sim.gif and ep == 0:
-                    traj = TrajectoryRecorder(sim.render_topdown, sim.world_to_px,
-                                              sim.kinematics(cfg.rate_hz, backend.bundle.max_wheel_speed))
-                stats = RunStats(cfg.rate_hz, cfg.sim.time_scale)
-                view = StatusView(cfg.status, stats, link_stats=mc.stats)
-                view.episode_label = f" episode {ep + 1}/{cfg.sim.episodes}" if cfg.sim.episodes > 1 else ""
+    # The fallback starts first: loading an embedded LLM holds the interpreter for seconds, which
+    # the link's reader would otherwise see as a stalled device.
+    fallback = make_fallback(cfg)
+    try:
+        with EStop() as estop, SimRobot(cfg, seed=seed) as sim:
+            mc = connect_robot(cfg, sim.port, backend.bundle.max_wheel_speed, sim.ticks_per_rev)
+            try:
+                camera = make_camera(cfg, sim, needed=backend.bundle.planner.encoder == "camera")
+                for ep in range(cfg.sim.episodes):
+                    if estop.triggered:
+                        break
+                    if ep > 0:
+                        sim.new_episode(seed + ep)
+                    mcap = out / ("flight.mcap" if cfg.sim.episodes == 1 else f"flight-ep{ep:03d}.mcap")
+                    recorder = make_recorder(cfg, mcap, backend) if cfg.recorder.enabled else None
+                    traj = None
+                    if cfg.sim.gif and ep == 0:
+                        traj = TrajectoryRecorder(sim.render_topdown, sim.world_to_px,
+                                                  sim.kinematics(cfg.rate_hz, backend.bundle.max_wheel_speed))
+                    stats = RunStats(cfg.rate_hz, cfg.sim.time_scale)
+                    view = StatusView(cfg.status, stats, link_stats=mc.stats)
+                    view.episode_label = f" episode {ep + 1}/{cfg.sim.episodes}" if cfg.sim.episodes > 1 else ""
 
-                def on_tick(info, view=view, traj=traj):
-                    all_stats.add(info)
-                    view.on_tick(info)
+                    def on_tick(info, view=view, traj=traj):
+                        all_stats.add(info)
+                        view.on_tick(info)
+                        if traj is not None:
+                            traj.on_tick(info)
+
+                    odo = Odometry(sim.wheel_radius, sim.wheel_base, sim.ticks_per_rev, sim.start_pose)
+                    try:
+                        with view:
+                            loop = ControlLoop(cfg, mc.link, backend, odo, clock=sim.clock(), camera=camera,
+                                               recorder=recorder, fallback=fallback, estop=estop, truth=sim.true_pose,
+                                               on_tick=on_tick, noise_seed=seed + ep)
+                            goal = sim.goal_observation()
+                            z = loop.encode_goal(goal.sensor(backend.bundle.normalisation), goal.frame)
+                            loop.set_goal(GoalTarget(z=z, pose=goal.pose, source="cli" if cfg.goal.pose else "config"))
+                            result = loop.run(max_ticks=cfg.sim.max_steps, duration_s=cfg.duration_s)
+                    finally:
+                        if recorder is not None:
+                            recorder.close()
+                    final = math.hypot(sim.true_pose()[0] - goal.pose[0], sim.true_pose()[1] - goal.pose[1])
+                    episodes.append({"episode": ep, "seed": seed + ep, "result": result.reason,
+                                     "goal_reached": result.goal_reached, "ticks": result.ticks,
+                                     "elapsed_s": result.elapsed_s, "final_goal_distance_m": final,
+                                     "start": list(sim.start_pose), "goal": list(goal.pose),
+                                     "overruns": result.overruns, "skipped_slots": result.skipped_slots})
                     if traj is not None:
-                        traj.on_tick(info)
-
-                odo = Odometry(sim.wheel_radius, sim.wheel_base, sim.ticks_per_rev, sim.start_pose)
-                try:
-                    with view:
-                        loop = ControlLoop(cfg, mc.link, backend, odo, clock=sim.clock(), camera=camera,
-                                           recorder=recorder, fallback=fallback, estop=estop, truth=sim.true_pose,
-                                           on_tick=on_tick, noise_seed=seed + ep)
-                        goal = sim.goal_observation()
-                        z = loop.encode_goal(goal.sensor(backend.bundle.normalisation), goal.frame)
-                        loop.set_goal(GoalTarget(z=z, pose=goal.pose, source="cli" if cfg.goal.pose else "config"))
-                        result = loop.run(max_ticks=cfg.sim.max_steps, duration_s=cfg.duration_s)
-                finally:
-                    if recorder is not None:
-                        recorder.close()
-                final = math.hypot(sim.true_pose()[0] - goal.pose[0], sim.true_pose()[1] - goal.pose[1])
-                episodes.append({"episode": ep, "seed": seed + ep, "result": result.reason,
-                                 "goal_reached": result.goal_reached, "ticks": result.ticks,
-                                 "elapsed_s": result.elapsed_s, "final_goal_distance_m": final,
-                                 "start": list(sim.start_pose), "goal": list(goal.pose),
-                                 "overruns": result.overruns, "skipped_slots": result.skipped_slots})
-                if traj is not None:
-                    saved = traj.save(out / "run.gif")
-                    if saved:
-                        outputs["gif"], outputs["png"] = str(saved[0]), str(saved[1])
-                if result.reason == "estop":
-                    interrupted = True
-                    break
-        finally:
-            if fallback is not None:
-                fallback.close()
-            mc.disconnect()
+                        saved = traj.save(out / "run.gif")
+                        if saved:
+                            outputs["gif"], outputs["png"] = str(saved[0]), str(saved[1])
+                    if result.reason == "estop":
+                        interrupted = True
+                        break
+            finally:
+                mc.disconnect()
+    finally:
+        if fallback is not None:
+            fallback.close()  # after the motors are stopped and the link is closed
     successes = sum(e["goal_reached"] for e in episodes)
     summary = summarise(all_stats, {
         "skipped_slots": sum(e["skipped_slots"] for e in episodes),

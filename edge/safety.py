@@ -184,9 +184,10 @@ class EStop:
     """SIGINT/SIGTERM -> a latched stop request the control loop checks every tick.
 
     Installs handlers on ``__enter__`` (main thread only; elsewhere it only offers
-    :meth:`trigger`) and restores the previous ones on ``__exit__``. A second SIGINT while the
-    loop is already stopping raises ``KeyboardInterrupt`` so a stuck shutdown can be broken; the
-    caller's ``finally`` still commands the motors to zero.
+    :meth:`trigger`) and restores the previous ones on ``__exit__``. A second SIGINT or SIGTERM
+    while the run is already stopping raises ``KeyboardInterrupt`` so a stuck shutdown can be
+    broken (Ctrl-C twice, or systemd's stop sent twice); the caller's ``finally`` still commands
+    the motors to zero.
     """
 
     def __init__(self) -> None:
@@ -207,7 +208,7 @@ class EStop:
 
     def _handler(self, signum: int, frame: object) -> None:
         name = signal.Signals(signum).name
-        if self.event.is_set() and signum == signal.SIGINT:
+        if self.event.is_set():
             raise KeyboardInterrupt(f"second {name} while stopping")
         self.trigger(f"{name} received")
 

@@ -121,13 +121,17 @@ def test_sensor_problems_lists_each_issue() -> None:
 
 
 def test_estop_latches_on_sigterm_and_restores_handlers() -> None:
-    """SIGTERM sets the latched stop with a reason; the previous handler is restored on exit."""
+    """SIGTERM sets the latched stop with a reason; a second one raises KeyboardInterrupt (a stuck
+    shutdown can be broken); the previous handler is restored on exit."""
     before = signal.getsignal(signal.SIGTERM)
     with EStop() as estop:
         assert not estop.triggered
         os.kill(os.getpid(), signal.SIGTERM)
         assert estop.event.wait(2.0)
         assert estop.reason == "SIGTERM received"
+        with pytest.raises(KeyboardInterrupt, match="second SIGTERM"):
+            os.kill(os.getpid(), signal.SIGTERM)
+            estop.event.wait(0.5)  # the handler runs in the main thread at the next bytecode
     assert signal.getsignal(signal.SIGTERM) is before
 
 
