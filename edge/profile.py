@@ -154,6 +154,7 @@ class StageResult:
     N: int | None
     stats: LatencyStats
     samples_ms: list[float]
+    threads: int | None = None  # the backend's intra-op threads (ONNX Runtime), None if not applicable
 
     @property
     def key(self) -> str:
@@ -161,7 +162,7 @@ class StageResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {"stage": self.stage, "precision": self.precision, "N": self.N, "key": self.key,
-                "stats": asdict(self.stats), "samples_ms": [round(v, 6) for v in self.samples_ms]}
+                "threads": self.threads, "stats": asdict(self.stats), "samples_ms": [round(v, 6) for v in self.samples_ms]}
 
 
 # ----------------------------------------------------------------------------- stages
@@ -232,7 +233,8 @@ def profile_backend(backend: Any, device: str, precision: str, stages: Sequence[
             continue
         fn, between = _tick_callable(backend, device, precision) if stage == "tick" else calls[stage]
         samples = measure(fn, iterations, warmup, between)
-        results.append(StageResult(stage, precision, N, LatencyStats.from_samples(samples), samples.tolist()))
+        results.append(StageResult(stage, precision, N, LatencyStats.from_samples(samples), samples.tolist(),
+                                   getattr(backend, "threads", None)))
     return results
 
 

@@ -169,7 +169,7 @@ def test_profile_cli_end_to_end(tiny_bundle, tmp_path, capsys):
     keys = [r["key"] for r in report["results"]]
     assert keys == [f"{s}/{p}/N=16" for p in ("fp32", "int8") for s in ("encode", "plan", "tick")]
     for r in report["results"]:
-        assert r["stats"]["n"] == 8 and len(r["samples_ms"]) == 8
+        assert r["stats"]["n"] == 8 and len(r["samples_ms"]) == 8 and r["threads"] == 1
         assert r["stats"]["min_ms"] <= r["stats"]["median_ms"] <= r["stats"]["p99_ms"] <= r["stats"]["max_ms"]
     tick = next(r for r in report["results"] if r["key"] == "tick/fp32/N=16")["stats"]["median_ms"]
     plan = next(r for r in report["results"] if r["key"] == "plan/fp32/N=16")["stats"]["min_ms"]
