@@ -304,6 +304,8 @@ class ControlLoop:
         self._last_stats_t = -math.inf
         self.tick_index = 0
         self.overruns = 0
+        self._overruns_logged = 0
+        self._last_overrun_log = -math.inf
         self.skipped_slots = 0
         self.events: list[tuple[float, str, str]] = []
         self.last_obs: Observation | None = None
@@ -577,10 +579,16 @@ class ControlLoop:
                         pose=None if obs is None else obs.pose, true_pose=true_pose)
         if overrun:
             self.overruns += 1
-            late = (t_start - (deadline - self.period)) * to_ms
-            log.warning("tick %d missed its deadline: started %.1f ms late, took %.1f ms, period %.1f ms (%s)",
-                        self.tick_index, late, total_ms, deadline_ms,
-                        ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
+            now_wall = time.monotonic()
+            if now_wall - self._last_overrun_log >= 1.0:  # every overrun is counted; logs at most 1/s
+                late = (t_start - (deadline - self.period)) * to_ms
+                more = self.overruns - self._overruns_logged - 1
+                log.warning("tick %d missed its deadline: started %.1f ms late, took %.1f ms, period %.1f ms "
+                            "(%s)%s", self.tick_index, late, total_ms, deadline_ms,
+                            ", ".join(f"{k} {v:.1f}" for k, v in timings.items()),
+                            f"; {more} more missed since the last report" if more > 0 else "")
+                self._last_overrun_log = now_wall
+                self._overruns_logged = self.overruns
         return info
 
     def _record(self, t: float, obs: Observation | None, z: np.ndarray | None, emb_dist: float | None,

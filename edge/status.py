@@ -174,10 +174,17 @@ class StatusView:
 
     def __enter__(self) -> StatusView:
         if self.mode == "live":
+            import logging
+
             from rich.live import Live
 
             self._live = Live(self._render(), auto_refresh=False, transient=False)
             self._live.__enter__()
+            # log lines (overruns, link events) print above the panel instead of through it
+            self._handlers = [(h, h.stream) for h in logging.getLogger().handlers
+                              if isinstance(h, logging.StreamHandler) and h.stream in (sys.__stderr__, sys.__stdout__)]
+            for h, _ in self._handlers:
+                h.setStream(sys.stderr)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -185,6 +192,8 @@ class StatusView:
             self._live.update(self._render(), refresh=True)
             self._live.__exit__(None, None, None)
             self._live = None
+            for h, stream in getattr(self, "_handlers", []):
+                h.setStream(stream)
 
     def on_tick(self, info: TickInfo) -> None:
         self.stats.add(info)
