@@ -301,6 +301,7 @@ class ControlLoop:
         self._link_ok = True
         self._link_lost_at: float | None = None
         self._resets_seen = 0
+        self._device_estop = False
         self._last_stats_t = -math.inf
         self.tick_index = 0
         self.overruns = 0
@@ -411,6 +412,12 @@ class ControlLoop:
                 self._resets_seen = n
                 self._event("link_reset", "the motor controller reset; the link re-based the encoder "
                                           "counts and re-sent its configuration")
+        latched = bool(getattr(tel, "estop_latched", False))
+        if latched != self._device_estop:
+            self._device_estop = latched
+            self._event("device_estop" if latched else "device_estop_cleared",
+                        "the motor controller's e-stop is latched: it ignores wheel commands until "
+                        "CLEAR_ESTOP" if latched else "the motor controller's e-stop was cleared")
         pose = self.odometry.update(tel.enc_left, tel.enc_right)
         ranges = np.asarray(tel.ranges_m, dtype=np.float64)
         speeds = (float(tel.speed_left), float(tel.speed_right))

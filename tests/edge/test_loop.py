@@ -244,3 +244,25 @@ def test_confidence_scale_comes_from_config_manifest_or_training_metrics() -> No
     b.bundle.manifest = {"planner": {}, "training": {"metrics": {}}}
     with pytest.raises(ValueError, match="confidence.error_scale"):
         ControlLoop._error_scale(RunConfig(), b.bundle)
+
+
+def test_device_estop_latch_is_reported_once_each_way() -> None:
+    """The controller's latched e-stop bit produces one device_estop event and one cleared event."""
+    loop, clock, link, backend, infos = make_loop()
+    latest = link.latest
+    state = {"latched": False}
+
+    def with_estop():
+        tel = latest()
+        tel.estop_latched = state["latched"]
+        return tel
+
+    link.latest = with_estop
+    loop.tick(clock.now() + 1)
+    state["latched"] = True
+    loop.tick(clock.now() + 1)
+    loop.tick(clock.now() + 1)
+    state["latched"] = False
+    loop.tick(clock.now() + 1)
+    kinds = [k for _, k, _ in loop.events]
+    assert kinds.count("device_estop") == 1 and kinds.count("device_estop_cleared") == 1
