@@ -484,7 +484,10 @@ def save_goal_cmd(cfg: RunConfig, name: str) -> int:
 
         if cfg.link.port is None:
             raise UserError("--save-goal needs the robot: pass --port /dev/edge-esp32 (or use --sim)")
-        mc = connect_robot(cfg, cfg.link.port, 10.0, int(cfg.robot.ticks_per_rev))
+        from edge.bundle import load_bundle
+
+        max_wheel_speed = load_bundle(resolve_bundle_path(cfg.bundle)).max_wheel_speed  # CONFIG as in a run
+        mc = connect_robot(cfg, cfg.link.port, max_wheel_speed, int(cfg.robot.ticks_per_rev))
         try:
             tel = mc.wait_for_observation(timeout=1.0)
             odo = Odometry(cfg.robot.wheel_radius_m, cfg.robot.wheel_base_m, cfg.robot.ticks_per_rev,
