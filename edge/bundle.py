@@ -5,7 +5,7 @@ A bundle is a folder (``models/<name>/``) written by ``edge-export`` (``training
 - ``manifest.json`` (schema version :data:`SCHEMA_VERSION`): ``files`` {relative path: sha256},
   ``encoders`` {``sensor``: {file, variants, inputs, outputs}, optional ``camera``},
   ``planner`` {file, N, H, J, A, E, temperature, smoothness, std_init, std_min, action_low,
-  action_high, encoder, variants {fp32, int8, fp16: {file, ...}}, inputs, outputs},
+  action_high, encoder, variants {fp32, int8, fp16: {file, [cpu_file,] ...}}, inputs, outputs},
   ``normalisation``, ``sensor_layout``, ``action_scaling`` {max_wheel_speed},
   ``training`` {config, metrics}, ``created_by`` {command, version}.
 - the ONNX files it names, and ``MODEL_CARD.md``.
@@ -134,14 +134,19 @@ class Bundle:
         """Absolute path of a bundle file (already verified by :func:`load_bundle`)."""
         return self.path / relative
 
-    def planner_file(self, precision: str) -> Path:
-        """Planner ONNX file for ``precision``; BundleError when the bundle lacks it."""
+    def planner_file(self, precision: str, cpu: bool = False) -> Path:
+        """Planner ONNX file for ``precision``; BundleError when the bundle lacks it.
+
+        ``cpu=True`` returns the variant's ``cpu_file`` when it has one: for int8 that is the
+        dynamically quantised graph, which ONNX Runtime runs faster on CPUs than the QDQ file
+        (the QDQ ``file`` is what TensorRT consumes).
+        """
         variant = self.planner.variants.get(precision)
         if variant is None:
             raise BundleError(
                 f"bundle {self.path} has no {precision} planner (has: {sorted(self.planner.variants)}); "
                 f"{_REEXPORT_HINT} --precisions {','.join(sorted(set(self.planner.variants) | {precision}))}")
-        return self.file(variant["file"])
+        return self.file(variant.get("cpu_file", variant["file"]) if cpu else variant["file"])
 
     def encoder_file(self, name: str, precision: str) -> Path:
         """Encoder ONNX file for ``precision``, falling back to fp32 when no such variant exists.
@@ -187,6 +192,11 @@ def _parse_variants(bundle: Path, raw: Any, where: str, files: Mapping[str, str]
             raise _fail(bundle, f"'{rel}' ({where}.{precision}) is not listed in manifest 'files', so its hash "
                                 f"cannot be checked; {_REEXPORT_HINT}")
         entry["file"] = rel
+        if "cpu_file" in entry:
+            cpu_rel = _check_relative(bundle, entry["cpu_file"], f"{where}.{precision}.cpu_file")
+            if cpu_rel not in files:
+                raise _fail(bundle, f"'{cpu_rel}' ({where}.{precision}.cpu_file) is not listed in manifest 'files', "
+                                    f"so its hash cannot be checked; {_REEXPORT_HINT}")
         out[precision] = entry
     return out
 

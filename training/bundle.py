@@ -100,6 +100,12 @@ def render_model_card(manifest: Mapping[str, Any], latency: Mapping[str, float],
         worst = max(err.values()) if err else float("nan")
         detail = ", ".join(f"{k} {e:.2e}" for k, e in err.items())
         lines.append(f"| {prec} | `{v['file']}` | {worst:.2e} vs {ref} ({detail}) |")
+        if v.get("cpu_file"):
+            cerr = v.get("cpu_error_vs_fp32") or {}
+            cdetail = ", ".join(f"{k} {e:.2e}" for k, e in cerr.items())
+            cworst = max(cerr.values()) if cerr else float("nan")
+            lines.append(f"| {prec} (CPU: ONNX Runtime uses this) | `{v['cpu_file']}` | {cworst:.2e} vs fp32 ONNX "
+                         f"({cdetail}) |")
     lines += ["", "How to read this: costs and `conf` are well-conditioned, so their errors measure the numerics. "
               "`mean_out` / `best_actions` are MPPI's argmin-like choice among N samples (temperature on "
               "std-normalised costs): a cost change smaller than the gap between the two best samples can "

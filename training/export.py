@@ -458,7 +458,7 @@ def export_bundle(encoder: nn.Module, predictor: Predictor, params: PlannerParam
     from tqdm import tqdm
 
     from training.bundle import write_bundle
-    from training.quantize import fp16_variant, quantize_int8
+    from training.quantize import fp16_variant, quantize_int8, quantize_int8_dynamic
 
     encoder = encoder.eval()
     predictor = predictor.eval()
@@ -508,9 +508,15 @@ def export_bundle(encoder: nn.Module, predictor: Predictor, params: PlannerParam
                 q_file = "planner_int8.onnx"
                 quantize_int8(tmp / plan_file, tmp / q_file, plan_feeds)
                 err = check_planner(tmp / q_file, predictor, params, reference=ref, inputs=held_out)
+                d_file = "planner_int8_dynamic.onnx"
+                quantize_int8_dynamic(tmp / plan_file, tmp / d_file)
+                d_err = check_planner(tmp / d_file, predictor, params, reference=ref, inputs=held_out)
                 variants["int8"] = {"file": q_file, "format": "qdq-s8s8-per-channel-float-bias",
-                                    "calibration": calib_source, "error_vs_fp32": err.max_abs}
+                                    "calibration": calib_source, "error_vs_fp32": err.max_abs,
+                                    "cpu_file": d_file, "cpu_format": "dynamic-s8-weights (MatMulInteger, CPU only)",
+                                    "cpu_error_vs_fp32": d_err.max_abs}
                 files[q_file] = tmp / q_file
+                files[d_file] = tmp / d_file
                 if cfg.int8_encoder:
                     qe = f"{kind}_encoder_int8.onnx"
                     quantize_int8(tmp / enc_file, tmp / qe, enc_feeds)

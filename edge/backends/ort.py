@@ -11,6 +11,10 @@ Hot path: the planner's outputs are bound once to preallocated buffers with I/O 
 the inputs are bound as zero-copy CPU views, so a call allocates nothing but the copies
 handed back in :class:`edge.backends.PlanResult`.
 
+INT8: the planner's ``cpu_file`` (dynamic quantisation, MatMulInteger) is used when the bundle
+has one; the static QDQ file (for TensorRT) runs ~3x slower than fp32 in ONNX Runtime on CPUs
+(``benchmarks/results/planner.json``).
+
 Threads: ``intra_op_threads`` defaults to :func:`default_threads` (1), sequential
 execution mode (the graphs are chains; parallel mode only adds scheduling overhead), one
 inter-op thread. ``benchmarks/bench_planner.py`` measures the alternatives.
@@ -108,7 +112,7 @@ class OrtBackend(InferenceBackend):
         self.sessions: dict[str, ort.InferenceSession] = {}
         for name in bundle.encoders:
             self.sessions[name] = self._compile(name, bundle.encoder_file(name, precision))
-        self.sessions["planner"] = self._compile("planner", bundle.planner_file(precision))
+        self.sessions["planner"] = self._compile("planner", bundle.planner_file(precision, cpu=True))
         self._planner = self.sessions["planner"]
         self._setup_binding()
 
@@ -144,7 +148,7 @@ class OrtBackend(InferenceBackend):
         inputs = [i.name for i in self._planner.get_inputs()]
         missing += [n for n in PLANNER_INPUTS if n not in inputs]
         if missing:
-            raise ValueError(f"planner graph {self.bundle.planner_file(self.precision)} lacks tensors {missing}; "
+            raise ValueError(f"planner graph {self.bundle.planner_file(self.precision, cpu=True)} lacks tensors {missing}; "
                              f"re-export the bundle with edge-export")
         self._out_buffers = {n: np.empty(shapes[n], dtype=np.float32) for n in PLANNER_OUTPUTS}
         if self.options.io_binding:

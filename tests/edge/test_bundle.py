@@ -128,6 +128,13 @@ def test_missing_planner_key_and_bad_values(bundle_dir: Path) -> None:
         load_bundle(bundle_dir)
 
 
+def test_cpu_file_must_be_hashed(bundle_dir: Path) -> None:
+    """An int8 cpu_file (dynamic quantisation for ONNX Runtime) is a loadable file, so it needs a hash too."""
+    _edit_manifest(bundle_dir, lambda m: m["planner"]["variants"]["int8"].update(cpu_file="planner_int8_dynamic.onnx"))
+    with pytest.raises(BundleError, match=r"planner_int8_dynamic\.onnx.*cpu_file.*not listed"):
+        load_bundle(bundle_dir)
+
+
 def test_absent_precision_names_the_reexport(bundle_dir: Path) -> None:
     b = load_bundle(bundle_dir)
     with pytest.raises(BundleError, match="--precisions"):

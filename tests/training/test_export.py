@@ -119,6 +119,10 @@ def test_cli_writes_a_verified_bundle(tmp_path: Path) -> None:
     assert "--checkpoint" in m["created_by"]["command"]
     assert m["training"]["config"]["model"]["embed_dim"] == 6
     assert m["planner"]["variants"]["int8"]["calibration"] == "synthetic"
+    assert b.planner_file("int8").name == "planner_int8.onnx"  # QDQ, for TensorRT
+    assert b.planner_file("int8", cpu=True).name == "planner_int8_dynamic.onnx"  # faster in ONNX Runtime
+    assert "MatMulInteger" in ex.onnx_ops(b.planner_file("int8", cpu=True))
+    assert m["tensorrt_compat"]["planner_int8.onnx"] == []
     assert m["planner"]["variants"]["fp16"]["error_vs_fp32"]["conf"] < 1e-2
     assert "edge-export --checkpoint" in (out / "MODEL_CARD.md").read_text()
     assert ex.main(argv) == 2  # refuses to overwrite without --force
