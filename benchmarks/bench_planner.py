@@ -136,12 +136,57 @@ def matmul_ceiling(n: int = 1024) -> dict[str, float]:
     return {"ort_matmul_gflops": flops / t_ort / 1e6, "numpy_matmul_gflops": flops / t_np / 1e6}
 
 
+def closed_loop_success(bundle_dir: str, precision: str, episodes: int, max_steps: int, seed: int) -> dict:
+    """Closed-loop planning success of a bundle through the ORT backend (as ``edge-eval`` does with torch).
+
+    Same episodes (evaluate mode: goal in the other room) for every precision: per tick each
+    episode is encoded and planned with one fused-planner call, warm-started by shifting the
+    previous plan; noise comes from a seeded generator.
+    """
+    from edge.backends import make_backend
+    from edge.engine_cache import EngineCache
+    from edge.sim.env import BatchSim, SimConfig
+
+    cache = EngineCache(tempfile.mkdtemp(prefix="bench-success-"))
+    be = make_backend(bundle_dir, "cpu", precision, cache=cache)
+    p = be.bundle.planner
+    sim = BatchSim(SimConfig(), episodes, seed=seed)
+    obs = sim.reset(seed=seed, mode="evaluate")
+    rng = np.random.default_rng(seed + 1)
+    goal_pose = np.concatenate([sim.goal, rng.uniform(-np.pi, np.pi, size=(episodes, 1))], axis=-1)
+    goal_sim = BatchSim(SimConfig(), episodes, seed=seed + 2)
+    goal_obs = goal_sim.reset(layout=sim.layout, start=goal_pose, goal=sim.goal)
+    z_goal = be.encode_batch(goal_obs["sensor"])
+    mean = np.zeros((episodes, p.H, p.A), np.float32)
+    std0 = np.full((p.H, p.A), p.std_init, np.float32)
+    noise_rng = np.random.default_rng(seed + 3)
+    success = np.zeros(episodes, bool)
+    for _ in range(max_steps):
+        z = be.encode_batch(obs["sensor"])
+        actions = np.zeros((episodes, p.A), np.float32)
+        for i in np.flatnonzero(~success):
+            noise = noise_rng.standard_normal((p.J, p.N, p.H, p.A)).astype(np.float32)
+            r = be.plan(z[i], z_goal[i], mean[i], std0, noise)
+            actions[i] = r.first_action
+            mean[i] = np.concatenate([r.mean_out[1:], r.mean_out[-1:]])
+        obs, info = sim.step(actions)
+        success |= info["success"]
+        if success.all():
+            break
+    be.close()
+    return {"precision": precision, "episodes": episodes, "successes": int(success.sum()),
+            "success_rate": float(success.mean())}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  epilog="example: python benchmarks/bench_planner.py --checkpoint runs/default_sensor")
     ap.add_argument("--checkpoint", help="run folder (default: random weights of the default config)")
     ap.add_argument("--quick", action="store_true", help="N=64 only, shorter timings")
     ap.add_argument("--out", default=str(RESULTS), help="JSON results path")
+    ap.add_argument("--success-bundle", help="also compare closed-loop planning success fp32 vs int8 of this bundle")
+    ap.add_argument("--episodes", type=int, default=20, help="episodes per precision for --success-bundle")
+    ap.add_argument("--max-steps", type=int, default=200, help="control steps per episode for --success-bundle")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -298,6 +343,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nONNX Runtime options at N={n_q}")
     for o in opts:
         print(f"  opt={o['graph_optimization']:9s} threads={o['intra_op_threads']} {o['execution']:22s} {o['ms']:8.2f} ms")
+    if args.success_bundle:
+        succ = [closed_loop_success(args.success_bundle, prec, args.episodes, args.max_steps, seed=2024)
+                for prec in ("fp32", "int8")]
+        results["closed_loop_success"] = {"bundle": args.success_bundle, "runs": succ,
+                                          "int8_minus_fp32_points": 100 * (succ[1]["success_rate"] - succ[0]["success_rate"])}
+        print(f"\nClosed-loop success ({args.episodes} episodes, <= {args.max_steps} steps, same episodes): "
+              + ", ".join(f"{r['precision']} {r['successes']}/{r['episodes']}" for r in succ)
+              + f"; int8 - fp32 = {results['closed_loop_success']['int8_minus_fp32_points']:+.0f} points")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1) + "\n")
