@@ -119,6 +119,8 @@ class ConfidenceConfig:
     threshold: float = 0.2           # confidence in [0, 1] below this is "low"
     low_ticks: int = 20              # consecutive low ticks before the fallback (or a stop) kicks in
     error_scale: float | None = None  # predicted error giving confidence 1/e; None -> from the bundle (2x val error)
+    stall_ticks: int = 60            # best plan cost not improving this many ticks while not moving = low (0: off)
+    stall_improvement: float = 0.02  # relative best-cost improvement that counts as progress
 
     def __post_init__(self) -> None:
         _require(0.0 <= self.threshold <= 1.0, "confidence.threshold",
@@ -127,6 +129,9 @@ class ConfidenceConfig:
                  f"must be an integer >= 1, got {self.low_ticks!r}")
         if self.error_scale is not None:
             _finite_pos(self.error_scale, "confidence.error_scale")
+        _require(isinstance(self.stall_ticks, int) and self.stall_ticks >= 0, "confidence.stall_ticks",
+                 f"must be an integer >= 0 (0 disables), got {self.stall_ticks!r}")
+        _require(0.0 <= self.stall_improvement < 1.0, "confidence.stall_improvement", "must be in [0, 1)")
 
 
 @dataclass(frozen=True)

@@ -189,6 +189,7 @@ class TickInfo:
     pred_error: float | None = None           # mean confidence-head error along the plan
     confidence: float | None = None           # in [0, 1], 1 = confident
     low_confidence: bool = False
+    low_reason: str | None = None             # why confidence is low (predicted error, no progress)
     goal_distance_m: float | None = None
     embedding_distance: float | None = None
     guard_reasons: tuple[str, ...] = ()
@@ -298,6 +299,8 @@ class ControlLoop:
         self._retry_at = 0                                      # first tick a new request may start
         self._macro: tuple[MacroAction, float] | None = None   # (macro, end time)
         self._recent: deque[tuple[float, float]] = deque(maxlen=8)
+        self._cost_hist: deque[float] = deque(maxlen=max(config.confidence.stall_ticks, 1))
+        self._speed_hist: deque[float] = deque(maxlen=max(config.confidence.stall_ticks, 1))
         self._link_ok = True
         self._link_lost_at: float | None = None
         self._resets_seen = 0
@@ -340,6 +343,8 @@ class ControlLoop:
         self._goal = goal
         self._mean[:] = 0.0
         self._low_count = 0
+        self._cost_hist.clear()
+        self._speed_hist.clear()
         self._macro = None
         if self.recorder is not None:
             pose = list(goal.pose) if goal.pose is not None else [None, None, None]
@@ -441,11 +446,13 @@ class ControlLoop:
             if event is not None:
                 self._on_fallback_event(event, now)
         low = confidence < self.cfg.confidence.threshold
+        stall = self._stalled(plan, obs)
         reason = None
-        if low:
+        if low or stall:
             self._low_count += 1
             reason = (f"predicted error {pred_error:.3g} (confidence {confidence:.2f} < "
-                      f"{self.cfg.confidence.threshold:g}) for {self._low_count} ticks")
+                      f"{self.cfg.confidence.threshold:g}) for {self._low_count} ticks" if low else stall)
+            low = True
         else:
             self._low_count = 0
 
@@ -455,6 +462,8 @@ class ControlLoop:
                 return macro.wheel_command(self.cfg.fallback.macro_speed), "fallback", low, reason
             self._macro = None
             self._low_count = 0
+            self._cost_hist.clear()
+            self._speed_hist.clear()
             self._mean[:] = 0.0
             self._event("fallback", f"macro-action {macro.action} finished; planner in control")
 
@@ -469,6 +478,24 @@ class ControlLoop:
             return self._hold(), "hold", low, reason
         first = np.clip(plan.mean_out[0], -1.0, 1.0)
         return (float(first[0]), float(first[1])), "planner", low, reason
+
+    def _stalled(self, plan: Any, obs: Observation) -> str | None:
+        """Cost statistics: the planner's best cost has not improved by ``stall_improvement``
+        (relative) over ``stall_ticks`` ticks while the wheels barely turned (< 5 % of max speed
+        on average): the robot is stuck. Returns the reason, or None."""
+        n = self.cfg.confidence.stall_ticks
+        if n == 0:
+            return None
+        self._cost_hist.append(float(plan.best_cost))
+        self._speed_hist.append(max(abs(obs.wheel_speeds[0]), abs(obs.wheel_speeds[1])) / self.max_wheel_speed)
+        if len(self._cost_hist) < n:
+            return None
+        first, best = self._cost_hist[0], min(self._cost_hist)
+        moving = sum(self._speed_hist) / len(self._speed_hist)
+        if best >= first - self.cfg.confidence.stall_improvement * abs(first) and moving < 0.05:
+            return (f"no progress: the plan's best cost went from {first:.3g} to at best {best:.3g} over "
+                    f"{n} ticks while the robot barely moved")
+        return None
 
     def _hold(self) -> tuple[float, float]:
         s = self.cfg.fallback.hold_speed
@@ -580,7 +607,7 @@ class ControlLoop:
                 "late_ms": max(0.0, (t_start - (deadline - self.period)) * to_ms), "overrun": overrun})
         info = TickInfo(tick=self.tick_index, t=t, action=command, source=source, timings_ms=timings,
                         total_ms=total_ms, overrun=overrun, link_ok=self._link_ok, pred_error=pred_error,
-                        confidence=confidence, low_confidence=low, goal_distance_m=goal_distance,
+                        confidence=confidence, low_confidence=low, low_reason=reason, goal_distance_m=goal_distance,
                         embedding_distance=emb_dist, guard_reasons=guard_reasons,
                         plan_mean=None if plan is None else self._mean.copy(),
                         pose=None if obs is None else obs.pose, true_pose=true_pose)

@@ -266,3 +266,24 @@ def test_device_estop_latch_is_reported_once_each_way() -> None:
     loop.tick(clock.now() + 1)
     kinds = [k for _, k, _ in loop.events]
     assert kinds.count("device_estop") == 1 and kinds.count("device_estop_cleared") == 1
+
+
+def test_stuck_robot_with_flat_cost_counts_as_low_confidence() -> None:
+    """Cost statistics: a best cost that does not improve for stall_ticks ticks while the wheels
+    do not turn is low confidence (here: stop without a fallback); a moving robot is not stuck."""
+    cfg = load_config(None, [{"confidence": {"threshold": 0.0, "low_ticks": 2, "stall_ticks": 5},
+                              "limits": {"max_accel": 1000.0}}])
+    loop, clock, link, backend, infos = make_loop(cfg)
+    link.send_velocity = lambda l, r: link.sent.append((l, r))  # commands never turn the wheels
+    sources = []
+    for _ in range(8):
+        sources.append(loop.tick(clock.now() + 1).source)
+        clock.advance(0.05)
+    assert sources[:4] == ["planner"] * 4 and sources[5:] == ["safety"] * 3
+    assert loop.tick(clock.now() + 1).low_reason.startswith("no progress")
+    moving, clock2, link2, _, _ = make_loop(cfg)
+    out = []
+    for _ in range(8):
+        out.append(moving.tick(clock2.now() + 1).source)
+        clock2.advance(0.05)
+    assert out == ["planner"] * 8
