@@ -197,7 +197,9 @@ def n_parameters(module: nn.Module) -> int:
 
 
 def encoder_kind(encoder: nn.Module) -> str:
-    return "camera" if isinstance(encoder, CameraEncoder) else "sensor"
+    """``camera`` for any frame encoder (CameraEncoder, the I-JEPA ViTCameraEncoder: they have
+    ``image_size`` and take ``(frame, pose4)``), else ``sensor``."""
+    return "camera" if isinstance(encoder, CameraEncoder) or hasattr(encoder, "image_size") else "sensor"
 
 
 def encoder_io(encoder: nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
