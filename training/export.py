@@ -595,24 +595,37 @@ def params_from_config(planner_cfg: Any, **overrides: Any) -> PlannerParams:
     return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
+def _flatten_scalars(d: dict, prefix: str, out: dict, limit: int = 40) -> None:
+    for k, v in d.items():
+        if len(out) >= limit:
+            return
+        if isinstance(v, dict):
+            _flatten_scalars(v, f"{prefix}{k}.", out, limit)
+        elif isinstance(v, (int, float, str, bool)) or v is None:
+            out[f"{prefix}{k}"] = v
+
+
 def _read_metrics(run_dir: Path) -> dict:
-    """Final metrics of a run (``metrics.json`` if the trainer wrote one, else the last metrics.csv row)."""
+    """Final metrics of a run: ``metrics.json`` if the trainer wrote one, else the last metrics.csv
+    row; plus the scalar results of ``edge-eval`` (``eval/eval.json``) as ``eval.*`` when present."""
     import csv
     import json
 
+    out: dict = {}
+    evaluation = run_dir / "eval" / "eval.json"
+    if evaluation.is_file():
+        _flatten_scalars(json.loads(evaluation.read_text()), "eval.", out)
     if (run_dir / "metrics.json").is_file():
-        return json.loads((run_dir / "metrics.json").read_text())
+        return {**json.loads((run_dir / "metrics.json").read_text()), **out}
     if (run_dir / "metrics.csv").is_file():
         rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
         if rows:
-            out = {}
             for k, v in rows[-1].items():
                 try:
                     out[k] = float(v)
                 except (TypeError, ValueError):
                     out[k] = v
-            return out
-    return {}
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -107,8 +107,12 @@ def _run_dir(tmp_path: Path) -> Path:
 
 
 def test_cli_writes_a_verified_bundle(tmp_path: Path) -> None:
-    """edge-export on a run folder writes a bundle the runtime loader accepts, with the command recorded."""
+    """edge-export on a run folder writes a bundle the runtime loader accepts, with the command,
+    the last metrics.csv row and the edge-eval results recorded."""
     run = _run_dir(tmp_path)
+    (run / "metrics.csv").write_text("epoch,val_pred\n1,0.5\n2,0.04\n")
+    (run / "eval").mkdir()
+    (run / "eval" / "eval.json").write_text(json.dumps({"planning": {"success_rate": 0.7, "episodes": 20}}))
     out = tmp_path / "models" / "t"
     argv = ["--checkpoint", str(run), "--out", str(out), "--precisions", "fp32,int8,fp16", "--N", "16", "--quiet"]
     assert ex.main(argv) == 0
@@ -118,6 +122,8 @@ def test_cli_writes_a_verified_bundle(tmp_path: Path) -> None:
     m = json.loads((out / "manifest.json").read_text())
     assert "--checkpoint" in m["created_by"]["command"]
     assert m["training"]["config"]["model"]["embed_dim"] == 6
+    assert m["training"]["metrics"]["val_pred"] == 0.04
+    assert m["training"]["metrics"]["eval.planning.success_rate"] == 0.7
     assert m["planner"]["variants"]["int8"]["calibration"] == "synthetic"
     assert b.planner_file("int8").name == "planner_int8.onnx"  # QDQ, for TensorRT
     assert b.planner_file("int8", cpu=True).name == "planner_int8_dynamic.onnx"  # faster in ONNX Runtime
