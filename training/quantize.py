@@ -57,9 +57,6 @@ class ListCalibrationReader(CalibrationDataReader):
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._it, None)
 
-    def rewind(self) -> None:
-        self._it = iter(self._feeds)
-
 
 def quantize_int8(src: str | Path, dst: str | Path, feeds: Iterable[dict[str, np.ndarray]]) -> Path:
     """Static INT8 QDQ quantisation (symmetric, per-channel weights) of ``src`` into ``dst``."""
