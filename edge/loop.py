@@ -615,7 +615,7 @@ class ControlLoop:
             self.overruns += 1
             now_wall = time.monotonic()
             if now_wall - self._last_overrun_log >= 1.0:  # every overrun is counted; logs at most 1/s
-                late = (t_start - (deadline - self.period)) * to_ms
+                late = max(0.0, (t_start - (deadline - self.period)) * to_ms)
                 more = self.overruns - self._overruns_logged - 1
                 log.warning("tick %d missed its deadline: started %.1f ms late, took %.1f ms, period %.1f ms "
                             "(%s)%s", self.tick_index, late, total_ms, deadline_ms,
