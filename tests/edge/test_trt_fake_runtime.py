@@ -288,3 +288,18 @@ def test_tensorrt_upgrade_rebuilds_engines(bundle, tmp_path: Path, monkeypatch) 
     _install(monkeypatch, "10.3.0")
     with make_backend(bundle, "jetson", "fp32", cache=cache) as be:
         assert be.cache_results["planner"].status == "rebuilt-corrupt"
+
+
+def test_edge_build_jetson_with_fake_runtime(bundle, tmp_path: Path, monkeypatch, capsys) -> None:
+    """edge-build --device jetson: compat check passes, engines are built, then found in the cache."""
+    from edge.compile import main
+
+    argv = ["--device", "jetson", "--bundle", str(bundle.path), "--precision", "fp16", "--cache-dir", str(tmp_path),
+            "--runs", "2"]
+    _install(monkeypatch, "10.3.0")
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "planner  built" in out and "jetson-trt10.3.0-fp16-planner.plan" in out and "median" in out
+    _install(monkeypatch, "10.3.0")
+    assert main(argv) == 0
+    assert "planner  hit" in capsys.readouterr().out
