@@ -42,6 +42,7 @@ class ModelConfig:
     embed_dim: int = 32  # E: small keeps the planner fast on a Pi
     enc_hidden: int = 128  # width of the sensor MLP / camera fusion MLP
     enc_depth: int = 2  # hidden layers of the sensor MLP
+    wheel_speed_input: bool = False  # feed wheel speeds to the sensor encoder (off: the embedding stops encoding velocity, so a goal seen at rest is not "far" from moving states)
     cam_channels: tuple[int, ...] = (16, 32, 32)  # Impala stacks (each halves the resolution)
     pred_hidden: int = 96  # GRU hidden size Hd
     pred_layers: int = 1  # GRU layers (1 or 2)

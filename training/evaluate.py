@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gifs", type=int, help="episodes written as GIFs (eval.gifs)")
     parser.add_argument("--out", help="output folder (default RUN_DIR/eval)")
     parser.add_argument("--no-diagnostics", action="store_true", help="skip the held-out embedding diagnostics")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     overrides = list(args.overrides)
     for flag, key in (("episodes", "eval.episodes"), ("max_steps", "eval.max_steps"), ("seed", "eval.seed"), ("gifs", "eval.gifs")):
         if getattr(args, flag) is not None:

@@ -46,7 +46,8 @@ def build_encoder(cfg: Config) -> nn.Module:
     """The encoder the config asks for (sensor MLP or camera CNN)."""
     m = cfg.model
     if m.kind == "sensor":
-        return SensorEncoder(embed_dim=m.embed_dim, hidden=m.enc_hidden, depth=m.enc_depth)
+        mask = None if m.wheel_speed_input else torch.tensor([1.0] * 12 + [0.0, 0.0])
+        return SensorEncoder(embed_dim=m.embed_dim, hidden=m.enc_hidden, depth=m.enc_depth, input_mask=mask)
     return CameraEncoder(embed_dim=m.embed_dim, channels=tuple(m.cam_channels), hidden=m.enc_hidden)
 
 

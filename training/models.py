@@ -40,21 +40,30 @@ class SensorEncoder(nn.Module):
         hidden: width of the hidden layers.
         depth: number of hidden layers (>= 1).
         obs_dim: input size (14 for the standard sensor layout).
+        input_mask: optional ``[obs_dim]`` 0/1 mask multiplied into the input (a constant
+            buffer: the exported graph keeps the 14-wide input). The default sensor model
+            masks the wheel speeds (indices 12, 13): otherwise the embedding is dominated by
+            velocity and a goal observed at rest is "far" from any moving state.
     """
 
-    def __init__(self, embed_dim: int = 32, hidden: int = 128, depth: int = 2, obs_dim: int = SENSOR_DIM):
+    def __init__(self, embed_dim: int = 32, hidden: int = 128, depth: int = 2, obs_dim: int = SENSOR_DIM,
+                 input_mask: torch.Tensor | None = None):
         super().__init__()
         if embed_dim < 1 or hidden < 1 or depth < 1:
             raise ValueError(f"SensorEncoder: embed_dim, hidden, depth must be >= 1, got {embed_dim}, {hidden}, {depth}")
         self.obs_dim = obs_dim
         self.embed_dim = embed_dim
         self.net = _mlp([obs_dim] + [hidden] * depth + [embed_dim])
+        mask = torch.ones(obs_dim) if input_mask is None else torch.as_tensor(input_mask, dtype=torch.float32)
+        if mask.shape != (obs_dim,):
+            raise ValueError(f"SensorEncoder: input_mask must have shape [{obs_dim}], got {tuple(mask.shape)}")
+        self.register_buffer("input_mask", mask)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         """``obs [B, obs_dim] float32 -> z [B, E]``."""
         if obs.shape[-1] != self.obs_dim:
             raise ValueError(f"SensorEncoder expects obs [..., {self.obs_dim}], got {tuple(obs.shape)}")
-        return self.net(obs)
+        return self.net(obs * self.input_mask)
 
 
 class _ResidualBlock(nn.Module):

@@ -94,8 +94,10 @@ def _encoder(wm) -> Callable[[dict[str, np.ndarray]], torch.Tensor]:
 
 
 def closed_loop(wm, planner_cfg, episodes: int, max_steps: int, seed: int, mode: str = "planner",
-                head: PlanHead | None = None, record: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Run ``episodes`` evaluation episodes (goal in the other room) batched.
+                head: PlanHead | None = None, record: bool = False, progress: bool = True,
+                goal_mode: str = "evaluate") -> dict[str, Any]:
+    """Run ``episodes`` episodes batched: ``goal_mode`` ``evaluate`` (goal in the other room, as
+    ``edge-eval``) or ``explore`` (goal in a random room, often the start's).
 
     Modes: ``planner`` (MPPI with ``planner_cfg``, warm start = previous plan shifted);
     ``planner_short`` (same at ``planner_cfg.iterations``, usually 1); ``head_warm`` (MPPI whose
@@ -114,7 +116,7 @@ def closed_loop(wm, planner_cfg, episodes: int, max_steps: int, seed: int, mode:
     camera = wm.config.model.kind == "camera"
     sim_cfg = SimConfig()
     sim = BatchSim(sim_cfg, episodes, camera=camera, seed=seed)
-    obs = sim.reset(seed=seed, mode="evaluate")
+    obs = sim.reset(seed=seed, mode=goal_mode)
     rng = np.random.default_rng(seed + 1)
     goal_pose = np.concatenate([sim.goal, rng.uniform(-np.pi, np.pi, size=(episodes, 1))], axis=-1)
     goal_obs = sim.observe_at(goal_pose)
@@ -159,7 +161,7 @@ def closed_loop(wm, planner_cfg, episodes: int, max_steps: int, seed: int, mode:
     from training.evaluate import wilson_interval
 
     out: dict[str, Any] = {
-        "mode": mode, "episodes": episodes, "successes": k, "success_rate": k / episodes,
+        "mode": mode, "goal_mode": goal_mode, "episodes": episodes, "successes": k, "success_rate": k / episodes,
         "success_ci95": list(wilson_interval(k, episodes)),
         "steps_to_goal_median": float(np.median(steps[success])) if k else None,
         "start_goal_distance_m_mean": float(start_dist.mean()),
@@ -198,7 +200,7 @@ class HeadTrainConfig:
 
 def train_head(pairs: dict[str, np.ndarray], cfg: PlanHeadConfig, tcfg: HeadTrainConfig = HeadTrainConfig(),
                progress: bool = True) -> tuple[PlanHead, dict[str, Any]]:
-    """Fit the head by MSE on the planner's plans; validation on held-out episodes."""
+    """Fit the head by MSE on the planner's plans; held-out episodes pick the best epoch (early stopping)."""
     torch.manual_seed(tcfg.seed)
     n = len(pairs["z"])
     if pairs["plan"].shape[1:] != (cfg.horizon, cfg.action_dim) or pairs["z"].shape[1] != cfg.embed_dim:
@@ -235,8 +237,12 @@ def train_head(pairs: dict[str, np.ndarray], cfg: PlanHeadConfig, tcfg: HeadTrai
             losses.append(float(loss.detach()))
         sched.step()
         history.append({"epoch": ep + 1, "train_mse": float(np.mean(losses)), "val_mse": val_loss()})
+        if history[-1]["val_mse"] <= min(h["val_mse"] for h in history):
+            best = {k: v.detach().clone() for k, v in head.state_dict().items()}
+    head.load_state_dict(best)  # early stopping: the epoch with the lowest held-out error
     head.eval()
-    metrics = {"pairs_train": int(len(tr["z"])), "pairs_val": int(len(va["z"])), "val_mse": history[-1]["val_mse"],
+    metrics = {"pairs_train": int(len(tr["z"])), "pairs_val": int(len(va["z"])), "val_mse": val_loss(),
+               "best_epoch": int(np.argmin([h["val_mse"] for h in history]) + 1),
                "val_mse_mean_baseline": base, "val_first_action_mae": float(
                    (head(va["z"], va["z_goal"], va["pose4"])[:, 0] - va["plan"][:, 0]).abs().mean().detach()),
                "history": history}
@@ -417,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--samples", type=int)
     e.add_argument("--iterations", type=int, default=3, help="J of the full planner (default 3)")
     e.add_argument("--short-iterations", type=int, default=1, help="J with the head warm start (default 1)")
+    e.add_argument("--goal-mode", choices=["evaluate", "explore"], default="evaluate",
+                   help="evaluate: goal in the other room (edge-eval); explore: goal in a random room")
     e.add_argument("--out", help="JSON report path")
     x = sub.add_parser("export", help="add plan_head.onnx to a bundle (parity-checked)")
     x.add_argument("--head", required=True)
@@ -455,9 +463,10 @@ def main(argv: list[str] | None = None) -> int:
                 base = dataclasses.replace(base, samples=args.samples)
             full = dataclasses.replace(base, iterations=args.iterations)
             short = dataclasses.replace(base, iterations=args.short_iterations)
-            report = {"planner": dataclasses.asdict(full), "short_iterations": args.short_iterations, "results": []}
+            report = {"command": "python -m training.plan_head " + " ".join(argv if argv is not None else sys.argv[1:]),
+                      "planner": dataclasses.asdict(full), "short_iterations": args.short_iterations, "results": []}
             for mode, pc in (("planner", full), ("planner_short", short), ("head_warm", short), ("head_only", short)):
-                r = closed_loop(wm, pc, args.episodes, args.max_steps, args.seed, mode, head=head)
+                r = closed_loop(wm, pc, args.episodes, args.max_steps, args.seed, mode, head=head, goal_mode=args.goal_mode)
                 r["iterations"] = pc.iterations if mode != "head_only" else 0
                 r.update(single_call_ms(wm, pc, head if mode in ("head_warm", "head_only") else None))
                 if mode == "head_only":

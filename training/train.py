@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("config", help="YAML config, e.g. configs/sensor_default.yaml")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=5 objective.target_mode=vjepa2")
     parser.add_argument("--resume", action="store_true", help="continue from train.out_dir's last checkpoint")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
         train(cfg, resume=args.resume)

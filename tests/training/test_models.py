@@ -113,3 +113,17 @@ def test_predictor_rejects_three_layers():
 def test_count_parameters():
     """count_parameters counts trainable elements (a Linear(3, 2) has 8)."""
     assert count_parameters(torch.nn.Linear(3, 2)) == 8
+
+
+def test_sensor_encoder_input_mask_ignores_masked_dims():
+    """With the wheel speeds masked (default sensor model), changing them leaves z unchanged; other dims still matter."""
+    mask = torch.tensor([1.0] * 12 + [0.0, 0.0])
+    enc = SensorEncoder(embed_dim=8, hidden=16, input_mask=mask)
+    obs = torch.randn(4, 14)
+    moved = obs.clone()
+    moved[:, 12:] += 1.0
+    torch.testing.assert_close(enc(obs), enc(moved))
+    moved[:, 8] += 1.0
+    assert not torch.allclose(enc(obs), enc(moved))
+    with pytest.raises(ValueError, match="input_mask"):
+        SensorEncoder(input_mask=torch.ones(3))
