@@ -1,7 +1,7 @@
 """The simulated robot behind ``edge-run --sim``.
 
 A :class:`edge.sim.esp32.SimulatedESP32` (the real firmware core on a pseudo-terminal) runs in
-a **child process** (``python -m edge.simrobot``), as the ESP32 is a separate device on a real
+a **child process** (``edge.simrobot._child_main``), as the ESP32 is a separate device on a real
 robot: its 1 kHz simulation thread then never competes with the control loop for the
 interpreter lock, so the loop's timings measure the loop. The parent talks the real protocol
 over the pty like on a robot; the child publishes the ground-truth pose (for the goal check,
@@ -30,6 +30,7 @@ import sys
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -262,7 +263,12 @@ class SimRobot:
         self._shm = shared_memory.SharedMemory(create=True, size=SHARED_LEN * 8)
         self._shared = np.ndarray((SHARED_LEN,), dtype=np.float64, buffer=self._shm.buf)  # [seq, x, y, theta, t]
         self._shared[:] = 0.0
-        self._proc = subprocess.Popen([sys.executable, "-m", "edge.simrobot"], stdin=subprocess.PIPE,
+        # The child imports the same edge package as this process (not a source tree that happens
+        # to be the working directory of an installed edge-run).
+        pkg_root = str(Path(__file__).resolve().parent.parent)
+        code = (f"import sys; sys.path.insert(0, {pkg_root!r}); "
+                "from edge.simrobot import _child_main; sys.exit(_child_main())")
+        self._proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, text=True, bufsize=1)
         setup = {"config": to_dict(self.cfg), "seed": self.seed, "shm": self._shm.name}
         self._proc.stdin.write(json.dumps(setup) + "\n")
