@@ -176,3 +176,16 @@ def test_default_bundle_reaches_a_goal_in_the_other_room(tmp_path: Path) -> None
     assert all(np.sign(s) != np.sign(g) or abs(s - g) > 0.3 for s, g in zip(starts, goals))
     assert sum(e["goal_reached"] for e in summary["episode_results"]) >= 2, summary["episode_results"]
     assert rc in (0, 1)
+
+
+def test_goal_reached_stops_reports_and_exits_0(random_bundle: Path, tmp_path: Path) -> None:
+    """When the robot is within goal.reach_m of the goal (here a 5 m radius: at once) the run
+    stops, logs goal_reached after zeroing the motors, and edge-run exits 0."""
+    rc = main(BASE + ["--bundle", str(random_bundle), "--seed", "8", "--out", str(tmp_path),
+                      "--set", "goal.reach_m=5"])
+    assert rc == 0
+    d = run_dir(tmp_path)
+    summary = json.loads((d / "summary.json").read_text())
+    assert summary["goal_reached"] is True and summary["episode_results"][0]["ticks"] == 1
+    kinds = [m["kind"] for m in read_flight_log(d / "flight.mcap").messages["/events"]]
+    assert kinds[-2:] == ["motors_stopped", "goal_reached"]
