@@ -29,6 +29,7 @@ DEVICES: tuple[str, ...] = ("cpu", "pi", "jetson")
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
 HOLD_ACTIONS: tuple[str, ...] = ("stop", "turn_left", "turn_right")
 STATUS_MODES: tuple[str, ...] = ("live", "plain", "off")
+PLAN_HEAD_MODES: tuple[str, ...] = ("auto", "off", "warm_start", "deadline_fallback", "both")
 
 
 class ConfigError(ValueError):
@@ -237,6 +238,8 @@ class RunConfig:
     rate_hz: float = 20.0            # control rate; each tick has a 1/rate_hz deadline
     duration_s: float | None = None  # stop after this long (None: until the goal or a signal)
     status: str = "live"             # live terminal view (rich), plain log lines, or off
+    plan_head: str = "auto"          # bundle's amortized planning head: auto (as its manifest says) | off |
+                                     # warm_start | deadline_fallback | both
     link: LinkConfig = field(default_factory=LinkConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)
     robot: RobotConfig = field(default_factory=RobotConfig)
@@ -257,6 +260,7 @@ class RunConfig:
         if self.duration_s is not None:
             _finite_pos(self.duration_s, "duration_s")
         _require(self.status in STATUS_MODES, "status", f"must be one of {STATUS_MODES}")
+        _require(self.plan_head in PLAN_HEAD_MODES, "plan_head", f"must be one of {PLAN_HEAD_MODES}")
         if self.goal.pose is not None and not self.sim.enabled:
             raise ConfigError("config field 'goal.pose': only valid with --sim (a real robot's goal "
                               "is an observation saved with `edge-run --save-goal NAME`)")

@@ -190,6 +190,7 @@ class TickInfo:
     confidence: float | None = None           # in [0, 1], 1 = confident
     low_confidence: bool = False
     low_reason: str | None = None             # why confidence is low (predicted error, no progress)
+    via_head: bool = False                    # the plan head acted: the planner missed its deadline
     goal_distance_m: float | None = None
     embedding_distance: float | None = None
     guard_reasons: tuple[str, ...] = ()
@@ -262,13 +263,21 @@ class ControlLoop:
         truth: simulation only: returns the robot's true pose (recorded, used for the goal).
         on_tick: called with each :class:`TickInfo` (status view).
         noise_seed: seed of the planner noise.
+        plan_head: the bundle's amortized planning head, ``(z [E], z_goal [E], pose4 [4]) ->
+            actions [H, A]``, or None.
+        head_warm_start: the head's actions are the planner's warm start (else the previous
+            plan shifted by one step).
+        head_fallback: the planner runs against the tick's deadline; when it is late the
+            head's first action is sent.
     """
 
     def __init__(self, config: RunConfig, link: RobotLink, backend: Any, odometry: Odometry,
                  clock: Clock | None = None, camera: FrameSource | None = None, recorder: Any = None,
                  fallback: Fallback | None = None, estop: EStop | None = None,
                  truth: Callable[[], tuple[float, float, float]] | None = None,
-                 on_tick: Callable[[TickInfo], None] | None = None, noise_seed: int | None = None):
+                 on_tick: Callable[[TickInfo], None] | None = None, noise_seed: int | None = None,
+                 plan_head: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray] | None = None,
+                 head_warm_start: bool = False, head_fallback: bool = False):
         self.cfg = config
         self.link = link
         self.backend = backend
@@ -280,6 +289,12 @@ class ControlLoop:
         self.estop = estop or EStop()
         self.truth = truth
         self.on_tick = on_tick
+        self.plan_head = plan_head
+        self.head_warm_start = bool(plan_head is not None and head_warm_start)
+        self.head_fallback = bool(plan_head is not None and head_fallback)
+        self._executor: Any = None
+        self._pending: Any = None
+        self.head_actions = 0  # ticks where the plan head acted because the planner was late
 
         bundle = backend.bundle
         p = bundle.planner
@@ -479,6 +494,37 @@ class ControlLoop:
         first = np.clip(plan.mean_out[0], -1.0, 1.0)
         return (float(first[0]), float(first[1])), "planner", low, reason
 
+    def _plan(self, z: np.ndarray, warm: np.ndarray, deadline: float, have_head: bool) -> Any:
+        """One fused planner call. With the plan head as deadline fallback, the call runs on a
+        worker thread and the loop waits only until ``deadline`` minus a reserve for the rest of
+        the tick (a fifth of the period); None = not finished in time (the head acts). A late
+        call is not abandoned: its plan seeds the next warm start, and no new call starts until
+        it has finished (the head acts meanwhile)."""
+        noise = self.noise.take()
+        if not (self.head_fallback and have_head):
+            return self.backend.plan(z, self._goal.z, warm, self.std_init, noise)
+        if self._pending is not None:
+            if not self._pending.done():
+                return None
+            late, self._pending = self._pending, None
+            try:
+                warm = shift_plan(np.asarray(late.result().mean_out, np.float32))
+            except Exception:  # the late call failed: plan afresh from the head
+                log.exception("a late planner call failed")
+        if self._executor is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="planner")
+        future = self._executor.submit(self.backend.plan, z, self._goal.z, warm, self.std_init, noise)
+        wait_s = (deadline - 0.2 * self.period - self.clock.now()) / self.clock.scale
+        from concurrent.futures import TimeoutError as FutureTimeout
+
+        try:
+            return future.result(timeout=max(wait_s, 0.0))
+        except FutureTimeout:
+            self._pending = future
+            return None
+
     def _stalled(self, plan: Any, obs: Observation) -> str | None:
         """Cost statistics: the planner's best cost has not improved by ``stall_improvement``
         (relative) over ``stall_ticks`` ticks while the wheels barely turned (< 5 % of max speed
@@ -553,6 +599,7 @@ class ControlLoop:
         reason = None
         z = None
         emb_dist = None
+        via_head = False
         guard_reasons: tuple[str, ...] = ()
         if obs is None:
             command, source = (0.0, 0.0), "safety"
@@ -567,14 +614,24 @@ class ControlLoop:
                 raise RuntimeError("ControlLoop.tick: no goal set (call set_goal first)")
             z = np.asarray(self.backend.encode(obs.sensor, obs.frame if self.uses_camera else None), np.float32)
             lap("encode")
-            noise = self.noise.take()
-            plan = self.backend.plan(z, self._goal.z, shift_plan(self._mean), self.std_init, noise)
+            head = None
+            if self.plan_head is not None:
+                head = np.clip(np.asarray(self.plan_head(z, self._goal.z, obs.sensor[8:12]), np.float32)
+                               .reshape(self.H, self.A), -1.0, 1.0)
+            warm = head if (head is not None and self.head_warm_start) else shift_plan(self._mean)
+            plan = self._plan(z, warm, deadline, head is not None)
             lap("plan")
-            self._mean = np.asarray(plan.mean_out, np.float32)
-            pred_error = float(np.mean(plan.conf))
-            confidence = confidence_from_error(pred_error, self.error_scale)
             emb_dist = float(np.linalg.norm(z - self._goal.z))
-            command, source, low, reason = self._decide(plan, pred_error, confidence, obs, t)
+            if plan is not None:
+                self._mean = np.asarray(plan.mean_out, np.float32)
+                pred_error = float(np.mean(plan.conf))
+                confidence = confidence_from_error(pred_error, self.error_scale)
+                command, source, low, reason = self._decide(plan, pred_error, confidence, obs, t)
+            else:  # the planner missed its deadline: the plan head's first action, through the guard
+                self.head_actions += 1
+                self._mean = head
+                via_head = True
+                command, source = (float(head[0, 0]), float(head[0, 1])), "planner"
             lap("decide")
             g = self.guard.guard(command[0], command[1], obs.ranges_m, obs.wheel_speeds, obs.pose,
                                  self.period)
@@ -592,7 +649,7 @@ class ControlLoop:
         true_pose = self.truth() if self.truth is not None else None
         goal_distance = None if obs is None else self._goal_distance(obs.pose, true_pose)
         if self.recorder is not None:
-            self._record(t, obs, z, emb_dist, plan, pred_error, low, reason, command, source, true_pose)
+            self._record(t, obs, z, emb_dist, plan, pred_error, low, reason, command, source, true_pose, via_head)
         lap("record")
         total_ms = (mark - wall_start) * 1000.0
         t_end = self.clock.now()
@@ -607,7 +664,8 @@ class ControlLoop:
                 "late_ms": max(0.0, (t_start - (deadline - self.period)) * to_ms), "overrun": overrun})
         info = TickInfo(tick=self.tick_index, t=t, action=command, source=source, timings_ms=timings,
                         total_ms=total_ms, overrun=overrun, link_ok=self._link_ok, pred_error=pred_error,
-                        confidence=confidence, low_confidence=low, low_reason=reason, goal_distance_m=goal_distance,
+                        confidence=confidence, low_confidence=low, low_reason=reason, via_head=via_head,
+                        goal_distance_m=goal_distance,
                         embedding_distance=emb_dist, guard_reasons=guard_reasons,
                         plan_mean=None if plan is None else self._mean.copy(),
                         pose=None if obs is None else obs.pose, true_pose=true_pose)
@@ -627,7 +685,7 @@ class ControlLoop:
 
     def _record(self, t: float, obs: Observation | None, z: np.ndarray | None, emb_dist: float | None,
                 plan: Any, pred_error: float | None, low: bool, reason: str | None,
-                command: tuple[float, float], source: str, true_pose: Any) -> None:
+                command: tuple[float, float], source: str, true_pose: Any, via_head: bool = False) -> None:
         rec, k = self.recorder, self.tick_index
         if obs is not None:
             fields: dict[str, Any] = {"ranges_m": obs.ranges_m, "pose": list(obs.pose),
@@ -641,7 +699,10 @@ class ControlLoop:
                 from edge.sim.flight_log import encode_frame
 
                 rec.write("/camera", k, t, encode_frame(obs.frame))
-        rec.write("/action", k, t, {"left": command[0], "right": command[1], "source": source})
+        action = {"left": command[0], "right": command[1], "source": source}
+        if via_head:
+            action["via"] = "plan_head"  # the planner missed its deadline; its amortized head acted
+        rec.write("/action", k, t, action)
         if true_pose is not None:
             rec.write("/true_pose", k, t, {"pose": list(true_pose)})
         if plan is not None:
@@ -721,6 +782,9 @@ class ControlLoop:
             raise
         finally:
             sent = self.stop_motors()
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor, self._pending = None, None
             self._safe_event("motors_stopped", "zero wheel speed commanded" if sent else
                              "zero wheel speed could NOT be sent (link down); the firmware watchdog stops "
                              "the motors 200 ms after the last command")

@@ -176,6 +176,39 @@ def make_recorder(cfg: RunConfig, path: Path, backend: Any):
                           chunk_size=cfg.recorder.chunk_size)
 
 
+def make_plan_head(cfg: RunConfig, bundle: Any) -> dict[str, Any]:
+    """ControlLoop keyword arguments for the bundle's amortized planning head (manifest key
+    ``plan_head``): the callable ``(z [E], z_goal [E], pose4 [4]) -> actions [H, A]`` (ONNX
+    Runtime on the CPU: a small MLP) and which uses are on. Empty when off or absent."""
+    entry = bundle.manifest.get("plan_head")
+    if cfg.plan_head == "off" or not entry:
+        if cfg.plan_head not in ("off", "auto"):
+            raise UserError(f"plan_head={cfg.plan_head} but bundle {bundle.path} has no plan head "
+                            "(add one with `python -m training.plan_head export`)")
+        return {}
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(str(bundle.file(entry["file"])), so, providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+    if sorted(names) != ["pose4", "z", "z_goal"]:
+        raise UserError(f"bundle {bundle.path}: plan head inputs are {names}, expected z, z_goal, pose4")
+
+    def head(z: np.ndarray, z_goal: np.ndarray, pose4: np.ndarray) -> np.ndarray:
+        feeds = {"z": np.asarray(z, np.float32)[None], "z_goal": np.asarray(z_goal, np.float32)[None],
+                 "pose4": np.asarray(pose4, np.float32)[None]}
+        return sess.run(None, feeds)[0][0]
+
+    use = entry.get("use") or {}
+    mode = cfg.plan_head
+    warm = mode in ("warm_start", "both") or (mode == "auto" and bool(use.get("warm_start")))
+    fallback = mode in ("deadline_fallback", "both") or (mode == "auto" and bool(use.get("deadline_fallback")))
+    return {"plan_head": head, "head_warm_start": warm, "head_fallback": fallback}
+
+
 def make_fallback(cfg: RunConfig):
     """The configured LLM fallback, or None."""
     if cfg.fallback.mode == "none":
@@ -259,7 +292,8 @@ def run_robot(cfg: RunConfig) -> int:
                            cfg.robot.initial_pose)
             with StatusView(cfg.status, stats, link_stats=mc.stats) as view:
                 loop = ControlLoop(cfg, mc.link, backend, odo, clock=SystemClock(), camera=camera,
-                                   recorder=recorder, fallback=fallback, estop=estop, on_tick=view.on_tick)
+                                   recorder=recorder, fallback=fallback, estop=estop, on_tick=view.on_tick,
+                                   **make_plan_head(cfg, backend.bundle))
                 z = loop.encode_goal(goal_obs.sensor(backend.bundle.normalisation), goal_obs.frame)
                 loop.set_goal(GoalTarget(z=z, pose=goal_obs.pose, source="cli"))
                 result = loop.run(duration_s=cfg.duration_s)
@@ -296,6 +330,7 @@ def run_sim(cfg: RunConfig) -> int:
     interrupted = False
     # The fallback starts first: loading an embedded LLM holds the interpreter for seconds, which
     # the link's reader would otherwise see as a stalled device.
+    head = make_plan_head(cfg, backend.bundle)
     fallback = make_fallback(cfg)
     try:
         with EStop() as estop, SimRobot(cfg, seed=seed) as sim:
@@ -328,7 +363,7 @@ def run_sim(cfg: RunConfig) -> int:
                         with view:
                             loop = ControlLoop(cfg, mc.link, backend, odo, clock=sim.clock(), camera=camera,
                                                recorder=recorder, fallback=fallback, estop=estop, truth=sim.true_pose,
-                                               on_tick=on_tick, noise_seed=seed + ep)
+                                               on_tick=on_tick, noise_seed=seed + ep, **head)
                             goal = sim.goal_observation()
                             z = loop.encode_goal(goal.sensor(backend.bundle.normalisation), goal.frame)
                             loop.set_goal(GoalTarget(z=z, pose=goal.pose, source="cli" if cfg.goal.pose else "config"))
@@ -451,9 +486,22 @@ def self_test(cfg: RunConfig) -> int:
         finally:
             cam.stop()
 
+    def plan_head() -> str:
+        be = state["backend"]
+        kwargs = make_plan_head(cfg, be.bundle)
+        p = be.bundle.planner
+        actions = kwargs["plan_head"](np.zeros(p.E, np.float32), np.ones(p.E, np.float32), np.array([0, 0, 0, 1.0]))
+        if actions.shape != (p.H, p.A) or not np.isfinite(actions).all() or np.abs(actions).max() > 1.0:
+            raise RuntimeError(f"plan head returned {actions.shape} (expected finite [{p.H}, {p.A}] in [-1, 1])")
+        uses = [u for u, on in (("warm start", kwargs["head_warm_start"]),
+                                ("deadline fallback", kwargs["head_fallback"])) if on]
+        return f"actions {list(actions.shape)}; used as {', '.join(uses) or 'nothing (plan_head setting)'}"
+
     if check("bundle", bundle):
         if check("engine", engine):
             check("planner", planner)
+            if state["bundle"].manifest.get("plan_head") and cfg.plan_head != "off":
+                check("plan_head", plan_head)
     if cfg.link.port is not None:
         check("serial", serial)
     else:

@@ -93,6 +93,7 @@ class FakeBackend:
         self.action = np.asarray(action, np.float32)
         self.pred_error = pred_error
         self.plan_cost_s: dict[int, float] = {}   # call index -> seconds the call "takes"
+        self.plan_sleep_s: dict[int, float] = {}  # call index -> real seconds the call sleeps
         self.calls: list[dict] = []
         self.raise_on: int | None = None
 
@@ -105,6 +106,10 @@ class FakeBackend:
         if self.raise_on == i:
             raise RuntimeError("backend exploded")
         self.clock.advance(self.plan_cost_s.get(i, 0.0))
+        if i in self.plan_sleep_s:
+            import time
+
+            time.sleep(self.plan_sleep_s[i])
         H = self.bundle.planner.H
         mean_out = np.tile(self.action, (H, 1)).astype(np.float32)
         mean_out[:, 0] += np.arange(H, dtype=np.float32) * 0.01  # distinguishable steps
@@ -141,3 +146,26 @@ class FakeFallback:
 
     def close(self) -> None:
         self.closed = True
+
+
+class RealClock:
+    """Wall time for tests that need a worker thread to really take time."""
+
+    scale = 1.0
+
+    def now(self) -> float:
+        import time
+
+        return time.monotonic()
+
+    monotonic = now
+
+    def advance(self, dt: float) -> None:
+        """Fake stage costs are ignored in real time."""
+
+    def sleep_until(self, t: float, wake: threading.Event | None = None) -> None:
+        import time
+
+        delay = t - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loopfakes import FakeBackend, FakeClock, FakeFallback, FakeLink  # noqa: E402
+from loopfakes import FakeBackend, FakeClock, FakeFallback, FakeLink, RealClock  # noqa: E402
 
 from edge.config import RunConfig, load_config  # noqa: E402
 from edge.fallback.base import FallbackEvent, MacroAction  # noqa: E402
@@ -287,3 +287,44 @@ def test_stuck_robot_with_flat_cost_counts_as_low_confidence() -> None:
         out.append(moving.tick(clock2.now() + 1).source)
         clock2.advance(0.05)
     assert out == ["planner"] * 8
+
+
+HEAD_ACTIONS = np.tile(np.array([[0.3, -0.3]], np.float32), (4, 1))
+
+
+def test_plan_head_as_warm_start() -> None:
+    """With head_warm_start the planner's mean input is the head's action sequence (clipped to
+    [-1, 1]), not the shifted previous plan."""
+    clock = FakeClock()
+    link, backend = FakeLink(clock), FakeBackend(clock)
+    loop = ControlLoop(RunConfig(), link, backend, Odometry(0.033, 0.16, 628.0), clock=clock, noise_seed=0,
+                       plan_head=lambda z, zg, pose4: HEAD_ACTIONS * 5, head_warm_start=True)
+    loop.set_goal(GoalTarget(z=np.zeros(6, np.float32), pose=None))
+    loop.run(max_ticks=3)
+    for call in backend.calls[1:]:
+        np.testing.assert_allclose(call["mean"], np.clip(HEAD_ACTIONS * 5, -1, 1))
+
+
+def test_plan_head_acts_when_the_planner_misses_its_deadline(tmp_path: Path) -> None:
+    """With head_fallback, a planner call that overruns the tick is not waited for: the head's
+    first action is sent (flight log: via plan_head), no new call starts until the late one is
+    done, and the planner is back in control afterwards."""
+    cfg = load_config(None, [{"limits": {"max_accel": 1000.0}, "rate_hz": 20.0}])
+    clock = RealClock()
+    link, backend = FakeLink(clock), FakeBackend(clock)
+    backend.plan_sleep_s = {3: 0.16}  # call 0 is the warm-up; tick 2's call takes ~3 periods
+    rec = FlightRecorder(tmp_path / "h.mcap")
+    infos = []
+    loop = ControlLoop(cfg, link, backend, Odometry(0.033, 0.16, 628.0), clock=clock, noise_seed=0, recorder=rec,
+                       on_tick=infos.append, plan_head=lambda z, zg, pose4: HEAD_ACTIONS, head_fallback=True)
+    loop.set_goal(GoalTarget(z=np.zeros(6, np.float32), pose=None))
+    loop.run(max_ticks=10)
+    rec.close()
+    heads = [i.tick for i in infos if i.via_head]
+    assert heads and heads[0] == 2 and loop.head_actions == len(heads)
+    assert all(infos[t].action == pytest.approx((0.3, -0.3)) for t in heads)
+    assert infos[-1].source == "planner" and not infos[-1].via_head
+    # warm-up + the late call + one call per tick the planner acted in: none started while late
+    assert len(backend.calls) == 1 + 1 + (10 - len(heads))
+    actions = read_flight_log(tmp_path / "h.mcap").messages["/action"]
+    assert [a["tick"] for a in actions if a.get("via") == "plan_head"] == heads

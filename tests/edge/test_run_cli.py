@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -119,3 +120,35 @@ def test_edge_run_never_imports_torch(tiny_bundle: Path, tmp_path: Path) -> None
                              cwd=repo, capture_output=True, text=True, timeout=120)
         assert res.returncode == 1 and "summary" in res.stdout, res.stdout + res.stderr
         assert list(tmp_path.glob("*/flight.mcap"))
+
+
+def test_bundle_plan_head_is_loaded_checked_and_configurable(tiny_bundle: Path, tmp_path: Path, capsys) -> None:
+    """A bundle with an exported plan head: the self-test runs it; plan_head=auto follows the
+    manifest's `use` flags, explicit modes override them; asking for a head a bundle lacks is a
+    user error."""
+    import shutil
+
+    import torch
+
+    from edge.bundle import load_bundle
+    from edge.run import make_plan_head
+    from training.plan_head import PlanHead, PlanHeadConfig, add_head_to_bundle
+
+    bundle = tmp_path / "with_head"
+    shutil.copytree(tiny_bundle, bundle)
+    b = load_bundle(bundle)
+    torch.manual_seed(0)
+    add_head_to_bundle(PlanHead(PlanHeadConfig(embed_dim=b.planner.E, horizon=b.planner.H, hidden=16, depth=1)),
+                       bundle, warm_start=True, deadline_fallback=False)
+    assert main(["--self-test", "--bundle", str(bundle)]) == 0
+    assert "PASS  plan_head: actions [4, 2]; used as warm start" in capsys.readouterr().out
+    b = load_bundle(bundle)
+    auto = make_plan_head(load_config(None), b)
+    assert auto["head_warm_start"] and not auto["head_fallback"]
+    out = auto["plan_head"](np.zeros(b.planner.E), np.zeros(b.planner.E), np.zeros(4))
+    assert out.shape == (b.planner.H, 2) and np.abs(out).max() <= 1.0
+    both = make_plan_head(load_config(None, [{"plan_head": "both"}]), b)
+    assert both["head_warm_start"] and both["head_fallback"]
+    assert make_plan_head(load_config(None, [{"plan_head": "off"}]), b) == {}
+    with pytest.raises(UserError, match="has no plan head"):
+        make_plan_head(load_config(None, [{"plan_head": "warm_start"}]), load_bundle(tiny_bundle))
