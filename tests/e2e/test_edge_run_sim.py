@@ -168,8 +168,8 @@ def test_default_bundle_reaches_a_goal_in_the_other_room(tmp_path: Path) -> None
     """`edge-run --device cpu --sim` with the shipped models/default (its own confidence
     settings) drives from one room through the door to a goal in the other room: at least 2 of
     3 fixed-seed episodes end with the goal reached (the simulator's success radius)."""
-    rc = main(["--device", "cpu", "--sim", "--status", "off", "--time-scale", "2", "--episodes", "3",
-               "--seed", "100", "--out", str(tmp_path)])
+    rc = main(["--device", "cpu", "--sim", "--status", "off", "--episodes", "3", "--seed", "100",
+               "--out", str(tmp_path)])  # real time: the planner's latency is what the robot would see
     summary = json.loads((run_dir(tmp_path) / "summary.json").read_text())
     starts = [e["start"][0] for e in summary["episode_results"]]
     goals = [e["goal"][0] for e in summary["episode_results"]]
