@@ -376,6 +376,9 @@ def run_sim(cfg: RunConfig) -> int:
                                      "goal_reached": result.goal_reached, "ticks": result.ticks,
                                      "elapsed_s": result.elapsed_s, "final_goal_distance_m": final,
                                      "start": list(sim.start_pose), "goal": list(goal.pose),
+                                     "layout": {"wall_x": float(sim.layout.wall_x[0]),
+                                                "door_y": float(sim.layout.door_y[0]),
+                                                "door_width": float(sim.layout.door_width[0])},
                                      "overruns": result.overruns, "skipped_slots": result.skipped_slots})
                     if traj is not None:
                         saved = traj.save(out / "run.gif")
