@@ -9,7 +9,9 @@ Needs a camera dataset and an I-JEPA checkpoint::
 For every setting (pretrained frozen / scratch, at ``--fractions``) trains a world model with
 ``training.pretrain.train_world`` for the same number of gradient steps (``--steps`` x batch
 ``--batch``), then runs ``--episodes`` closed-loop planning episodes (``training.evaluate``,
-goal in the other room) and records success, final goal distance and held-out losses. Stages
+goal in the other room) and records success, final goal distance (failed episodes), held-out
+losses and, on held-out episodes, a ridge linear probe of the true (x, y) from the embedding
+(R^2, ``training.evaluate.diagnostics``). Stages
 are resumable (a finished run folder is reused). Also encoder latency (ONNX Runtime, 1
 thread) for the ViT and the default CNN. Prints a table and writes
 ``benchmarks/results/ijepa.json``.
@@ -62,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--episodes", type=int, default=16)
     ap.add_argument("--max-steps", type=int, default=200)
+    ap.add_argument("--probe-windows", type=int, default=600, help="held-out windows for the linear probe of (x, y)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/ijepa.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -87,8 +90,14 @@ def main(argv: list[str] | None = None) -> int:
         for setting in args.settings.split(","):
             name = f"{setting}_{int(round(frac * 100))}pct"
             run = Path(args.runs) / name
+            from training.pretrain import split_episodes
+
+            n_train = len(split_episodes(ds, cfg0.data.val_fraction, frac, cfg0.train.seed)[0])
+            per_epoch = max(1, min(n_train, args.steps * args.batch) // args.batch)
+            epochs = max(1, -(-args.steps // per_epoch))
+            per_epoch = -(-args.steps // epochs)  # same number of gradient steps at every data fraction
             ov = [f"train.out_dir={run}", f"ijepa.action_fraction={frac}", f"train.batch_size={args.batch}",
-                  f"data.max_windows={args.steps * args.batch}", "train.epochs=1", "train.progress=false",
+                  f"data.max_windows={per_epoch * args.batch}", f"train.epochs={epochs}", "train.progress=false",
                   f"ijepa.checkpoint={'' if setting == 'scratch' else args.checkpoint}",
                   f"ijepa.freeze_encoder={'true' if setting == 'pretrained_frozen' else 'false'}"]
             cfg, opts = load_world_config(args.config, ov)
@@ -101,19 +110,31 @@ def main(argv: list[str] | None = None) -> int:
             entry = results["runs"].get(name, {})
             entry.update({"setting": setting, "action_fraction": frac, "split": meta["split"],
                           "val_loss": meta["history"][-1]["val_loss"], "val_pred": meta["history"][-1].get("val_pred"),
-                          "grad_steps": args.steps, "batch": args.batch})
+                          "grad_steps": per_epoch * epochs, "epochs": epochs, "batch": args.batch})
             if "planning" not in entry:
                 wm = load_vit_world_model(run)
                 t0 = time.time()
                 entry["planning"] = run_episodes(wm, wm.config, args.episodes, args.max_steps, 1000, 0, None, progress=False)
                 entry["eval_wall_s"] = time.time() - t0
+            if "diagnostics" not in entry:
+                from training.data import WindowTensors
+                from training.evaluate import diagnostics
+                from training.pretrain import split_episodes
+
+                _, va_idx, _ = split_episodes(ds, cfg.data.val_fraction, 1.0, cfg.train.seed)
+                sel = np.random.default_rng(0).choice(va_idx, min(len(va_idx), args.probe_windows), replace=False)
+                val = WindowTensors({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in ds.batch(sel).items()})
+                d = diagnostics(load_vit_world_model(run), val, None, max_windows=args.probe_windows)
+                entry["diagnostics"] = {k: d[k] for k in ("probe_r2_x", "probe_r2_y", "probe_rmse_m",
+                                                          "pred_error_vs_horizon_relative", "confidence_spearman")}
             results["runs"][name] = entry
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.out).write_text(json.dumps(results, indent=2))
             p = entry["planning"]
             print(f"{name:28s} train eps {meta['split']['train_episodes']:3d}  val loss {entry['val_loss']:.4f}  "
                   f"success {p['successes']}/{p['episodes']}  final dist {p['final_goal_distance_m_mean']:.2f} m "
-                  f"(start {p['start_goal_distance_m_mean']:.2f})", flush=True)
+                  f"(start {p['start_goal_distance_m_mean']:.2f})  probe R2 x/y {entry['diagnostics']['probe_r2_x']:.2f}/"
+                  f"{entry['diagnostics']['probe_r2_y']:.2f}", flush=True)
     e = results["encoders"]
     print(f"encoders: ViT {e['vit']['parameters']} params {e['vit']['ort_ms_1thread']:.2f} ms; "
           f"CNN {e['cnn_default']['parameters']} params {e['cnn_default']['ort_ms_1thread']:.2f} ms (ORT, 1 thread)")
