@@ -127,6 +127,9 @@ def render_model_card(manifest: Mapping[str, Any], latency: Mapping[str, float],
     if cfg:
         lines += ["", "<details><summary>training config</summary>", "", "```json",
                   json.dumps(cfg, indent=1), "```", "", "</details>"]
+    notes = manifest["created_by"].get("notes")
+    if notes:
+        lines += ["", "## Notes", "", notes.strip()]
     lines += ["", "## Use", "", "```", f"edge-build --device cpu --bundle models/{manifest['name']}",
               f"edge-run --device cpu --bundle models/{manifest['name']} --sim", "```", ""]
     return "\n".join(lines)
@@ -136,7 +139,7 @@ def write_bundle(out_dir: str | Path, files: Mapping[str, Path], manifest_parts:
                  training_config: Mapping[str, Any], training_metrics: Mapping[str, Any],
                  command: str | None = None, name: str | None = None,
                  normalisation: SensorNormalisation | None = None, measure: bool = True,
-                 verify: bool = True) -> Path:
+                 verify: bool = True, notes: str | None = None) -> Path:
     """Write a bundle folder atomically and verify it.
 
     Args:
@@ -148,6 +151,8 @@ def write_bundle(out_dir: str | Path, files: Mapping[str, Path], manifest_parts:
         name: bundle name (default: the folder name).
         normalisation: sensor normalisation constants (default: the simulator's).
         measure: measure ONNX Runtime latency of every graph for the model card.
+        notes: markdown added to the model card (and ``created_by.notes``), e.g. how the data
+            was collected and the model trained.
         verify: verify the written bundle with :func:`edge.bundle.load_bundle`.
     Returns:
         the bundle folder.
@@ -176,7 +181,7 @@ def write_bundle(out_dir: str | Path, files: Mapping[str, Path], manifest_parts:
             "created_by": {"command": command or "training.bundle.write_bundle (python API)", "version": __version__,
                            "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
                            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-                           "onnxruntime": ort.__version__},
+                           "onnxruntime": ort.__version__, **({"notes": notes} if notes else {})},
         }
         sizes = {rel: (tmp / rel).stat().st_size for rel in files}
         (tmp / MODEL_CARD).write_text(render_model_card(manifest, latency, sizes), encoding="utf-8")

@@ -451,7 +451,7 @@ def export_bundle(encoder: nn.Module, predictor: Predictor, params: PlannerParam
                   cfg: ExportConfig = ExportConfig(), training_config: dict | None = None,
                   training_metrics: dict | None = None, data_path: str | None = None,
                   command: str | None = None, name: str | None = None, progress: bool = True,
-                  normalisation: Any = None) -> Path:
+                  normalisation: Any = None, notes: str | None = None) -> Path:
     """Export, check, quantise and write a bundle to ``out_dir``; returns the folder.
 
     Raises:
@@ -551,7 +551,7 @@ def export_bundle(encoder: nn.Module, predictor: Predictor, params: PlannerParam
         }
         written = write_bundle(out_dir, files, manifest_parts, training_config=training_config or {},
                                training_metrics=training_metrics or {}, command=command, name=name,
-                               normalisation=normalisation,
+                               normalisation=normalisation, notes=notes,
                                verify=True)
         bar.update()
     bar.close()
@@ -649,6 +649,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="max fp32 ONNX-vs-torch error on the plan (actions, std, conf)")
     ap.add_argument("--int8-encoder", action="store_true", help="also write an int8 encoder")
     ap.add_argument("--name", help="bundle name recorded in the manifest (default: the folder name)")
+    ap.add_argument("--notes", help="markdown file added to MODEL_CARD.md (e.g. the data and training commands)")
     ap.add_argument("--force", action="store_true", help="overwrite an existing bundle folder")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     return ap
@@ -676,9 +677,11 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         command = "edge-export " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
         norm, _ = dataset_normalisation(data_path)
+        notes = Path(args.notes).read_text(encoding="utf-8") if args.notes else None
         path = export_bundle(wm.encoder, wm.predictor, params, out, cfg, training_config=wm.config.to_dict(),
                              training_metrics=_read_metrics(run), data_path=data_path, command=command,
-                             name=args.name or out.name, progress=not args.quiet, normalisation=norm)
+                             name=args.name or out.name, progress=not args.quiet, normalisation=norm,
+                             notes=notes)
     except (ExportError, ValueError, FileNotFoundError) as e:
         print(f"edge-export: error: {e}", file=sys.stderr)
         return 2

@@ -114,7 +114,9 @@ def test_cli_writes_a_verified_bundle(tmp_path: Path) -> None:
     (run / "eval").mkdir()
     (run / "eval" / "eval.json").write_text(json.dumps({"planning": {"success_rate": 0.7, "episodes": 20}}))
     out = tmp_path / "models" / "t"
-    argv = ["--checkpoint", str(run), "--out", str(out), "--precisions", "fp32,int8,fp16", "--N", "16", "--quiet"]
+    (tmp_path / "notes.md").write_text("Trained with `edge-train cfg.yaml`.\n")
+    argv = ["--checkpoint", str(run), "--out", str(out), "--precisions", "fp32,int8,fp16", "--N", "16", "--quiet",
+            "--notes", str(tmp_path / "notes.md")]
     assert ex.main(argv) == 0
     b = load_bundle(out)
     assert (b.planner.N, b.planner.H, b.planner.J) == (16, 3, 2)
@@ -130,7 +132,8 @@ def test_cli_writes_a_verified_bundle(tmp_path: Path) -> None:
     assert "MatMulInteger" in ex.onnx_ops(b.planner_file("int8", cpu=True))
     assert m["tensorrt_compat"]["planner_int8.onnx"] == []
     assert m["planner"]["variants"]["fp16"]["error_vs_fp32"]["conf"] < 1e-2
-    assert "edge-export --checkpoint" in (out / "MODEL_CARD.md").read_text()
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "edge-export --checkpoint" in card and "Trained with `edge-train cfg.yaml`." in card
     assert ex.main(argv) == 2  # refuses to overwrite without --force
 
 
