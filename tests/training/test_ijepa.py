@@ -179,3 +179,27 @@ def test_world_model_on_pretrained_vit_frozen_and_finetuned(pretrained, tmp_path
         moved = max(float((wm.encoder.vit.state_dict()[k] - v).abs().max()) for k, v in pt.target.items())
         assert (moved < 1e-6) if freeze else (moved > 1e-4)  # EMA of equal weights: float round-off only
         assert wm.encoder(torch.rand(2, 3, 64, 64), torch.rand(2, 4)).shape == (2, cfg.model.embed_dim)
+    from edge.bundle import load_bundle
+    from training.pretrain import export_world
+
+    b = load_bundle(export_world(tmp_path / "run_True", tmp_path / "bundle", N=4, H=3, J=1))
+    assert b.manifest["encoders"]["camera"]["preprocessing"] == pt.preprocessing.as_dict()
+    assert b.manifest["encoders"]["camera"]["backbone"]["kind"] == "vit"
+
+
+def test_cli_errors_are_one_line_with_exit_2(tmp_path, capsys):
+    """Bad input to the three CLIs exits 2 with a one-line error naming the problem (no traceback)."""
+    from training.decoder import main as decoder_main
+    from training.plan_head import main as head_main
+    from training.pretrain import main as pretrain_main
+
+    assert pretrain_main(["ijepa", str(tmp_path / "missing.yaml")]) == 2
+    assert "not found" in capsys.readouterr().err
+    (tmp_path / "c.yaml").write_text("vit:\n  widht: 8\n")
+    assert pretrain_main(["ijepa", str(tmp_path / "c.yaml")]) == 2
+    assert "vit.widht" in capsys.readouterr().err
+    assert decoder_main(["train", str(tmp_path), "--out", str(tmp_path / "d")]) == 2
+    assert "config.json" in capsys.readouterr().err
+    assert head_main(["export", "--head", str(tmp_path / "nohead"), "--bundle", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not found: train a head first" in err
