@@ -2,8 +2,8 @@
 
     python benchmarks/bench_planner.py [--checkpoint runs/default_sensor] [--quick]
 
-One run measures, for the default planner size (H, J and the predictor from the config or
-checkpoint) and N in {64, 256, 1024}:
+One run measures, for the default planner size (model sizes, H, J from ``configs/sensor_default.yaml``
+or a checkpoint) and N in {64, 256, 1024} plus the config's default N:
 
 - the fused ONNX Runtime planner (one graph call) vs the torch reference planner
   (``training.planner.plan``: Python loop over the horizon, batched over samples), same
@@ -46,7 +46,7 @@ from onnxruntime.quantization import QuantFormat, QuantType, quantize_static  # 
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from training import export as ex  # noqa: E402
-from training.config import Config, PlannerConfig  # noqa: E402
+from training.config import PlannerConfig, load_config  # noqa: E402
 from training.models import CameraEncoder, Predictor, SensorEncoder  # noqa: E402
 from training.planner import plan  # noqa: E402
 from training.quantize import ListCalibrationReader, planner_calibration_feeds, quantize_int8, quantize_int8_dynamic  # noqa: E402
@@ -181,7 +181,9 @@ def closed_loop_success(bundle_dir: str, precision: str, episodes: int, max_step
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  epilog="example: python benchmarks/bench_planner.py --checkpoint runs/default_sensor")
-    ap.add_argument("--checkpoint", help="run folder (default: random weights of the default config)")
+    ap.add_argument("--checkpoint", help="run folder (default: random weights of --config)")
+    ap.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "configs" / "sensor_default.yaml"),
+                    help="training config giving the model and planner sizes (default: the shipped default model's)")
     ap.add_argument("--quick", action="store_true", help="N=64 only, shorter timings")
     ap.add_argument("--out", default=str(RESULTS), help="JSON results path")
     ap.add_argument("--success-bundle", help="also compare closed-loop planning success fp32 vs int8 of this bundle")
@@ -197,16 +199,16 @@ def main(argv: list[str] | None = None) -> int:
         cfg, pred, sensor_enc = wm.config, wm.predictor.eval(), wm.encoder.eval()
         weights = f"checkpoint {args.checkpoint}"
     else:
-        cfg = Config()
+        cfg = load_config(args.config)
         m = cfg.model
         pred = Predictor(m.embed_dim, m.pred_hidden, m.pred_layers, conf_hidden=m.conf_hidden).eval()
         sensor_enc = SensorEncoder(m.embed_dim, m.enc_hidden, m.enc_depth).eval()
-        weights = "random (default config)"
+        weights = f"random ({Path(args.config).name})"
     m = cfg.model
     cam_enc = CameraEncoder(m.embed_dim, tuple(m.cam_channels), m.enc_hidden).eval()
     pc: PlannerConfig = cfg.planner
-    Ns = [64] if args.quick else [64, 256, 1024]
     default_N = pc.samples
+    Ns = [64] if args.quick else sorted({64, 256, 1024, default_N})
     budget = 0.5 if args.quick else 1.5
     rng = np.random.default_rng(0)
     results: dict = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
