@@ -256,6 +256,7 @@ def pretrain(cfg: IJEPAConfig, frames: np.ndarray | None = None) -> dict[str, An
     val_idx = val_rng.choice(len(val_f), min(len(val_f), 4 * cfg.batch_size), replace=False)
     val_masks = [sample_masks(min(cfg.batch_size, len(val_idx) - i), cfg.vit.grid, cfg.mask, val_rng)
                  for i in range(0, len(val_idx), cfg.batch_size)]
+    val_masks = [dataclasses.replace(m, context=m.context.to(cfg.device), targets=m.targets.to(cfg.device)) for m in val_masks]
 
     @torch.no_grad()
     def val_loss() -> float:
