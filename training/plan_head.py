@@ -173,9 +173,11 @@ def closed_loop(wm, planner_cfg, episodes: int, max_steps: int, seed: int, mode:
     return out
 
 
-def collect_pairs(wm, planner_cfg, episodes: int, max_steps: int, seed: int, progress: bool = True) -> dict[str, np.ndarray]:
+def collect_pairs(wm, planner_cfg, episodes: int, max_steps: int, seed: int, progress: bool = True,
+                  goal_mode: str = "evaluate") -> dict[str, np.ndarray]:
     """(state, goal, planner output) pairs from closed-loop reference-planner episodes."""
-    r = closed_loop(wm, planner_cfg, episodes, max_steps, seed, "planner", record=True, progress=progress)
+    r = closed_loop(wm, planner_cfg, episodes, max_steps, seed, "planner", record=True, progress=progress,
+                    goal_mode=goal_mode)
     pairs = r["pairs"]
     pairs["success_rate"] = np.array(r["success_rate"], np.float32)
     return pairs
@@ -409,6 +411,8 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--seed", type=int, default=5000)
     c.add_argument("--samples", type=int, help="planner N (default: the run's planner.samples)")
     c.add_argument("--iterations", type=int, help="planner J (default: the run's planner.iterations)")
+    c.add_argument("--goal-mode", choices=["evaluate", "explore"], default="evaluate",
+                   help="evaluate: goal in the other room; explore: goal in a random room")
     t = sub.add_parser("train", help="fit the head on collected pairs")
     t.add_argument("pairs", nargs="+", help=".npz files from collect")
     t.add_argument("--out", required=True)
@@ -438,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
             wm = _load_wm(args.run_dir)
             pc = dataclasses.replace(wm.config.planner, **{k: v for k, v in (("samples", args.samples),
                                                                                ("iterations", args.iterations)) if v})
-            pairs = collect_pairs(wm, pc, args.episodes, args.max_steps, args.seed)
+            pairs = collect_pairs(wm, pc, args.episodes, args.max_steps, args.seed, goal_mode=args.goal_mode)
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             np.savez_compressed(args.out, **pairs)
             print(f"{len(pairs['z'])} pairs from {args.episodes} episodes (planner success "
