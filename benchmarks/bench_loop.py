@@ -8,7 +8,9 @@ the real firmware core in a child process, pty link, backend, safety guard, MCAP
    observe..record), missed deadlines (ticks ending after their slot) and skipped slots, for
    each ``--precisions`` variant of the planner (ratio int8 / fp32 in the same run).
 2. **Rate sweep** (``--rates``, ``--sweep-duration`` s each): the highest control rate with no
-   missed deadline.
+   missed deadline (a tick ending after its slot; slots skipped because the bookkeeping after
+   a tick ran late are reported beside it), and the rate the 20 Hz run's p50 / p99 tick
+   latency would fit.
 3. **Planning success** (``--episodes``, 50 for the report): two-rooms episodes with random walls
    and the goal in the other room; success = the simulator's success radius within its step
    budget. ``--time-scale`` runs the simulated robot faster than real time (the loop follows
@@ -107,9 +109,12 @@ def main(argv: list[str] | None = None) -> int:
                  "--seed", str(a.seed), *NO_GOAL])
         row = timing_row(s)
         report["sweep"][f"{rate:g}"] = row
-        if row["missed_deadlines"] == 0 and row["skipped_slots"] == 0:
+        if row["missed_deadlines"] == 0:
             best = rate if best is None else max(best, rate)
     report["highest_rate_without_missed_deadline_hz"] = best
+    base = report["rate20"].get("fp32") or next(v for v in report["rate20"].values() if isinstance(v, dict))
+    # the rate whose period the measured tick latency fits in (median / p99 tick of the 20 Hz run)
+    report["rate_capacity_hz"] = {"from_p50": 1000.0 / base["p50_ms"], "from_p99": 1000.0 / base["p99_ms"]}
 
     if a.episodes > 0:
         print(f"== planning success over {a.episodes} episodes (time scale {a.time_scale:g})", flush=True)
@@ -137,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['plan_p50_ms']:>10.2f}{r['other_stages_p50_ms']:>10.2f}")
     if "plan_p50_ratio_fp32_over_int8" in report["rate20"]:
         print(f"plan p50 fp32 / int8 in the loop: {report['rate20']['plan_p50_ratio_fp32_over_int8']:.2f}x")
-    print(f"highest rate without a missed deadline: {best} Hz")
+    print(f"highest rate without a missed deadline: {best} Hz; the 20 Hz run's tick latency fits a period "
+          f"of {report['rate_capacity_hz']['from_p50']:.0f} Hz (p50) / {report['rate_capacity_hz']['from_p99']:.0f} Hz (p99)")
     if "success" in report:
         sc = report["success"]
         print(f"planning success: {sc['successes']}/{sc['episodes']} = {sc['success_rate']:.0%} "
