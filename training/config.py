@@ -73,7 +73,7 @@ class ObjectiveConfig:
     centering: float = 0.0  # DINO-style centred/sharpened cross-entropy between prediction and target
     center_momentum: float = 0.9  # DINO centre EMA
     idm: float = 1.0  # inverse dynamics (action from consecutive embeddings)
-    temporal: float = 0.1  # temporal similarity ||z_t - z_t+1||^2
+    temporal: float = 1.0  # temporal similarity ||z_t - z_t+1||^2 (makes embedding distance track time-to-reach)
     confidence: float = 1.0  # confidence head regression onto the realised (detached) error
 
     def __post_init__(self) -> None:
@@ -93,10 +93,12 @@ class DataConfig:
     val_fraction: float = 0.1  # episodes held out for validation and calibration
     with_frames: bool = False  # load camera frames (camera models)
     max_windows: int = 0  # cap on training windows per epoch (0 = all)
+    action_repeat: int = 1  # r: one predictor step = r control ticks (mean action over them); the planner holds an action r ticks
 
     def __post_init__(self) -> None:
         _check(0.0 < self.val_fraction < 1.0, "data.val_fraction", f"must be in (0, 1), got {self.val_fraction}")
         _check(self.max_windows >= 0, "data.max_windows", f"must be >= 0, got {self.max_windows}")
+        _check(self.action_repeat >= 1, "data.action_repeat", f"must be >= 1 (1 = one predictor step per control tick), got {self.action_repeat}")
 
 
 @dataclass(frozen=True)
@@ -130,9 +132,9 @@ class PlannerConfig:
     """Sampling planner over the predictor (same parameters as the fused planner graph)."""
 
     method: str = "mppi"  # mppi (softmax-weighted) or cem (elite refit)
-    samples: int = 256  # N
+    samples: int = 128  # N
     horizon: int = 16  # H
-    iterations: int = 3  # J
+    iterations: int = 2  # J
     temperature: float = 0.3  # MPPI softmax temperature, in units of the per-iteration cost std
     smoothness: float = 0.05  # weight of sum ||a_t - a_t-1||^2
     std_init: float = 0.6  # initial / reset sampling std

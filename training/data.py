@@ -111,19 +111,47 @@ def split_windows(tensors: dict[str, torch.Tensor], val_fraction: float, episode
     return WindowTensors(tr), WindowTensors(va)
 
 
+def repeat_actions(tensors: dict[str, np.ndarray | torch.Tensor], r: int) -> dict[str, np.ndarray | torch.Tensor]:
+    """Temporal abstraction: windows of ``k * r`` control ticks -> windows of ``k`` predictor steps.
+
+    Observations (``sensor``, ``frame``, ``pose``, ``true_pose``, ``[W, k*r+1, ...]``) are
+    subsampled every ``r`` ticks (``[::r]`` -> ``[W, k+1, ...]``); actions ``[W, k*r, A]`` are
+    averaged over consecutive chunks of ``r`` ticks (-> ``[W, k, A]``). The predictor then learns
+    r-tick transitions under the chunk's mean action; at run time a planned action is held for
+    ``r`` ticks (``data.action_repeat``). ``r = 1`` returns the input unchanged.
+    """
+    if r == 1:
+        return tensors
+    out = {}
+    for key, v in tensors.items():
+        if key == "action":
+            w, kr, a = v.shape
+            if kr % r:
+                raise DataError(f"action windows of {kr} ticks are not a multiple of data.action_repeat={r}")
+            out[key] = v.reshape(w, kr // r, r, a).mean(2)
+        else:
+            out[key] = v[:, ::r]
+    return out
+
+
 def load_windows(cfg: Config, k: int) -> tuple[WindowTensors, WindowTensors]:
-    """Read ``cfg.data.path`` with the simulator's reader (shards and/or flight logs) and split by episode."""
+    """Read ``cfg.data.path`` with the simulator's reader (shards and/or flight logs) and split by episode.
+
+    ``k`` counts predictor steps: with ``data.action_repeat = r`` the reader takes ``k * r``
+    control ticks per window and :func:`repeat_actions` reduces them to ``k`` steps.
+    """
     from edge.sim.dataset import DatasetError, WindowDataset
 
+    r = cfg.data.action_repeat
     try:
-        ds = WindowDataset(cfg.data.path, k=k, frames=cfg.data.with_frames)
+        ds = WindowDataset(cfg.data.path, k=k * r, frames=cfg.data.with_frames)
     except (FileNotFoundError, DatasetError) as e:
         raise DataError(f"cannot read a dataset at {cfg.data.path!r} ({e}); collect one first, e.g. "
                         f"python -m edge.sim.collect --episodes 400 --steps 200 --out {cfg.data.path}") from e
     idx = np.arange(len(ds))
     if cfg.data.max_windows and cfg.data.max_windows < len(ds) and cfg.data.with_frames:
         idx = np.sort(np.random.default_rng(cfg.train.seed).choice(len(ds), cfg.data.max_windows, replace=False))
-    tensors = {key: torch.from_numpy(np.ascontiguousarray(v)) for key, v in ds.batch(idx).items()}
+    tensors = {key: torch.from_numpy(np.ascontiguousarray(v)) for key, v in repeat_actions(ds.batch(idx), r).items()}
     if cfg.data.with_frames and "frame" not in tensors:
         raise DataError(f"{cfg.data.path} has no camera frames; collect with --camera for a camera model")
     return split_windows(tensors, cfg.data.val_fraction, torch.from_numpy(ds.window_episode[idx]), seed=cfg.train.seed)

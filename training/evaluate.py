@@ -91,8 +91,13 @@ class Encoder:
 
 
 def run_episodes(wm: WorldModel, cfg: Config, episodes: int, max_steps: int, seed: int, gifs: int,
-                 out_dir: Path | None, progress: bool = True) -> dict:
-    """Closed-loop planning episodes; returns the planning metrics (and writes GIFs)."""
+                 out_dir: Path | None, progress: bool = True, goal_headings: int = 1) -> dict:
+    """Closed-loop planning episodes; returns the planning metrics (and writes GIFs).
+
+    The goal embedding is the encoding of an observation taken at the goal position with a
+    random heading, or, with ``goal_headings = K > 1``, the mean of the encodings at K evenly
+    spaced headings there (a heading-agnostic "place" goal).
+    """
     from edge.sim.env import BatchSim, SimConfig
 
     camera = cfg.model.kind == "camera"
@@ -100,12 +105,15 @@ def run_episodes(wm: WorldModel, cfg: Config, episodes: int, max_steps: int, see
     sim = BatchSim(sim_cfg, episodes, camera=camera, seed=seed)
     obs = sim.reset(seed=seed, mode="evaluate")
     rng = np.random.default_rng(seed + 1)
-    goal_pose = np.concatenate([sim.goal, rng.uniform(-np.pi, np.pi, size=(episodes, 1))], axis=-1)
-    goal_sim = BatchSim(sim_cfg, episodes, camera=camera, seed=seed + 2)
-    goal_obs = goal_sim.reset(layout=sim.layout, start=goal_pose, goal=sim.goal)
     encode = Encoder(wm)
-    z_goal = encode(goal_obs)
-    ctl = MPCController(wm.predictor, cfg.planner, batch=episodes, seed=seed)
+    goal_sim = BatchSim(sim_cfg, episodes, camera=camera, seed=seed + 2)
+    heading0 = rng.uniform(-np.pi, np.pi, size=(episodes, 1))
+    z_goals = []
+    for k in range(goal_headings):
+        goal_pose = np.concatenate([sim.goal, heading0 + 2 * np.pi * k / goal_headings], axis=-1)
+        z_goals.append(encode(goal_sim.reset(layout=sim.layout, start=goal_pose, goal=sim.goal)))
+    z_goal = torch.stack(z_goals).mean(0)
+    ctl = MPCController(wm.predictor, cfg.planner, batch=episodes, seed=seed, action_repeat=cfg.data.action_repeat)
     success = np.zeros(episodes, bool)
     steps_to_goal = np.full(episodes, -1)
     collisions = np.zeros(episodes, int)
@@ -117,9 +125,8 @@ def run_episodes(wm: WorldModel, cfg: Config, episodes: int, max_steps: int, see
     for t in tqdm(range(max_steps), desc="episodes", disable=not progress, leave=False):
         z = encode(obs)
         t0 = time.perf_counter()
-        actions = ctl.act(z, z_goal).numpy()
+        actions = ctl.act(z, z_goal, torch.from_numpy(~success)).numpy()
         t_plan += time.perf_counter() - t0
-        actions[success] = 0.0
         obs, info = sim.step(actions)
         collisions += info["collided"] & ~success
         new = info["success"] & ~success
@@ -143,7 +150,8 @@ def run_episodes(wm: WorldModel, cfg: Config, episodes: int, max_steps: int, see
         "steps_to_goal_mean": float(steps_to_goal[success].mean()) if k else None,
         "steps_to_goal_median": float(np.median(steps_to_goal[success])) if k else None,
         "start_goal_distance_m_mean": float(start_dist.mean()),
-        "final_goal_distance_m_mean": float(sim.goal_distance()[~success].mean()) if k < episodes else 0.0,
+        "final_goal_distance_m_mean_failures": float(sim.goal_distance()[~success].mean()) if k < episodes else 0.0,
+        "final_goal_distance_m_mean": float(sim.goal_distance().mean()),
         "collision_steps_mean": float(collisions.mean()),
         "batched_plan_time_s_per_tick": t_plan / max(t + 1, 1),
     }
@@ -266,7 +274,8 @@ def _plot_diagnostics(d: dict, out_dir: Path) -> None:
 
 
 def evaluate(run_dir: str | Path, overrides: list[str] | None = None, out_dir: str | Path | None = None,
-             diagnose: bool = True, progress: bool = True, data: WindowTensors | None = None) -> dict:
+             diagnose: bool = True, progress: bool = True, data: WindowTensors | None = None,
+             goal_headings: int = 1) -> dict:
     """Planning episodes (+ diagnostics) for a trained run; returns the report dict and writes eval.json."""
     wm = load_world_model(run_dir)
     cfg = config_from_dict(_merge(wm.config.to_dict(), parse_overrides(overrides or [])))
@@ -275,7 +284,9 @@ def evaluate(run_dir: str | Path, overrides: list[str] | None = None, out_dir: s
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.train.threads)
     report: dict = {"run": str(run_dir), "planner": dataclasses.asdict(cfg.planner), "eval": dataclasses.asdict(cfg.eval)}
-    report["planning"] = run_episodes(wm, cfg, cfg.eval.episodes, cfg.eval.max_steps, cfg.eval.seed, cfg.eval.gifs, out, progress)
+    report["planning"] = run_episodes(wm, cfg, cfg.eval.episodes, cfg.eval.max_steps, cfg.eval.seed, cfg.eval.gifs, out, progress,
+                                      goal_headings)
+    report["goal_headings"] = goal_headings
     report["timing"] = single_plan_time(wm, cfg)
     if diagnose:
         if data is None:
@@ -294,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, help="episode seed (eval.seed)")
     parser.add_argument("--gifs", type=int, help="episodes written as GIFs (eval.gifs)")
     parser.add_argument("--out", help="output folder (default RUN_DIR/eval)")
+    parser.add_argument("--goal-headings", type=int, default=1,
+                        help="goal embedding = mean over K headings at the goal (default 1: one random heading)")
     parser.add_argument("--no-diagnostics", action="store_true", help="skip the held-out embedding diagnostics")
     args = parser.parse_intermixed_args(argv)
     overrides = list(args.overrides)
@@ -301,7 +314,10 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, flag) is not None:
             overrides.append(f"{key}={getattr(args, flag)}")
     try:
-        report = evaluate(args.run_dir, overrides, args.out, diagnose=not args.no_diagnostics)
+        if args.goal_headings < 1:
+            raise ConfigError(f"--goal-headings must be >= 1, got {args.goal_headings}")
+        report = evaluate(args.run_dir, overrides, args.out, diagnose=not args.no_diagnostics,
+                          goal_headings=args.goal_headings)
     except (ConfigError, CheckpointError, DataError) as e:
         print(f"edge-eval: error: {e}", file=sys.stderr)
         return 2

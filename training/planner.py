@@ -154,11 +154,19 @@ class MPCController:
         batch: number of episodes B planned together.
         action_dim: A.
         seed: noise generator seed (same seed -> same actions).
+        action_repeat: r control ticks per predictor step (``data.action_repeat`` of the model).
+            The planner still runs every tick and returns the first step of its plan, but the warm
+            start is shifted by one predictor step only every ``r`` ticks (the first step covers
+            the next ``r`` ticks).
     """
 
-    def __init__(self, model, cfg: PlannerConfig, batch: int = 1, action_dim: int = 2, seed: int = 0):
+    def __init__(self, model, cfg: PlannerConfig, batch: int = 1, action_dim: int = 2, seed: int = 0,
+                 action_repeat: int = 1):
+        if action_repeat < 1:
+            raise ValueError(f"MPCController: action_repeat must be >= 1, got {action_repeat}")
         self.model = model
         self.cfg = cfg
+        self.action_repeat = action_repeat
         self.batch = batch
         self.action_dim = action_dim
         self.generator = torch.Generator().manual_seed(seed)
@@ -170,13 +178,27 @@ class MPCController:
         self.mean = torch.zeros(self.batch, c.horizon, self.action_dim)
         self.std = torch.full((self.batch, c.horizon, self.action_dim), c.std_init)
         self.last: PlanResult | None = None
+        self.tick = 0
 
-    def act(self, z0: torch.Tensor, z_goal: torch.Tensor) -> torch.Tensor:
-        """Plan from ``z0 [B, E]`` towards ``z_goal [B, E]``; returns the actions ``[B, A]`` to apply now."""
+    def act(self, z0: torch.Tensor, z_goal: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
+        """Plan from ``z0 [B, E]`` towards ``z_goal [B, E]``; returns the actions ``[B, A]`` to apply now.
+
+        ``active [B] bool`` restricts planning to those episodes (finished ones get a zero action
+        and keep their plan), which saves the compute of episodes that already reached the goal.
+        """
         c = self.cfg
-        noise = torch.randn(c.iterations, self.batch, c.samples, c.horizon, self.action_dim, generator=self.generator)
-        result = plan_batch(self.model, z0, z_goal, self.mean, self.std, noise, c)
+        idx = torch.arange(self.batch) if active is None else torch.nonzero(active).flatten()
+        actions = torch.zeros(self.batch, self.action_dim)
+        if len(idx) == 0:
+            return actions
+        noise = torch.randn(c.iterations, len(idx), c.samples, c.horizon, self.action_dim, generator=self.generator)
+        result = plan_batch(self.model, z0[idx], z_goal[idx], self.mean[idx], self.std[idx], noise, c)
         self.last = result
-        self.mean = torch.cat([result.mean[:, 1:], result.mean[:, -1:]], dim=1)
-        self.std = torch.full_like(self.mean, c.std_init)
-        return result.mean[:, 0]
+        self.tick += 1
+        if self.tick % self.action_repeat == 0:
+            self.mean[idx] = torch.cat([result.mean[:, 1:], result.mean[:, -1:]], dim=1)
+        else:
+            self.mean[idx] = result.mean
+        self.std[idx] = c.std_init
+        actions[idx] = result.mean[:, 0]
+        return actions
