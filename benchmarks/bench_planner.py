@@ -160,8 +160,14 @@ def closed_loop_success(bundle_dir: str, precision: str, episodes: int, max_step
     mean = np.zeros((episodes, p.H, p.A), np.float32)
     std0 = np.full((p.H, p.A), p.std_init, np.float32)
     noise_rng = np.random.default_rng(seed + 3)
+    repeat = int(be.bundle.manifest["planner"].get("action_repeat", 1))  # one predictor step = r ticks
     success = np.zeros(episodes, bool)
-    for _ in range(max_steps):
+    actions = np.zeros((episodes, p.A), np.float32)
+    for tick in range(max_steps):
+        if tick % repeat:
+            obs, info = sim.step(np.where(success[:, None], 0.0, actions))
+            success |= info["success"]
+            continue
         z = be.encode_batch(obs["sensor"])
         actions = np.zeros((episodes, p.A), np.float32)
         for i in np.flatnonzero(~success):

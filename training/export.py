@@ -544,6 +544,7 @@ def export_bundle(encoder: nn.Module, predictor: Predictor, params: PlannerParam
                         "variants": variants, "inputs": plan_in, "outputs": plan_out,
                         "predictor_parameters": n_parameters(predictor),
                         "gru_hidden": predictor.hidden, "gru_layers": predictor.layers,
+                        "action_repeat": int(((training_config or {}).get("data") or {}).get("action_repeat", 1)),
                         "cost": "sum_t ||z_t - z_goal||_2 + smoothness * sum_t ||a_t - a_{t-1}||^2; "
                                 "weights softmax(-(c - min c) / ((std(c) + 1e-6) * temperature))",
                         "tolerance": {"costs_relative": cfg.tolerance, "actions_abs": cfg.action_tolerance}},

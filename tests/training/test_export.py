@@ -125,6 +125,7 @@ def test_cli_writes_a_verified_bundle(tmp_path: Path) -> None:
     assert "--checkpoint" in m["created_by"]["command"]
     assert m["training"]["config"]["model"]["embed_dim"] == 6
     assert m["training"]["metrics"]["val_pred"] == 0.04
+    assert m["planner"]["action_repeat"] == 1
     assert m["training"]["metrics"]["eval.planning.success_rate"] == 0.7
     assert m["planner"]["variants"]["int8"]["calibration"] == "synthetic"
     assert b.planner_file("int8").name == "planner_int8.onnx"  # QDQ, for TensorRT
