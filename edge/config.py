@@ -218,6 +218,7 @@ class GoalConfig:
     pose: tuple[float, float, float] | None = None  # sim only: render the goal observation here
     reach_m: float = 0.15            # goal reached this close (sim: true pose, its success radius; robot: odometry)
     reach_embedding: float | None = None  # alternative: embedding distance below this counts as reached
+    headings: int = 1                # sim: goal embedding = mean over this many headings at the goal (a "place")
 
     def __post_init__(self) -> None:
         if self.pose is not None:
@@ -226,6 +227,8 @@ class GoalConfig:
         _finite_pos(self.reach_m, "goal.reach_m")
         if self.reach_embedding is not None:
             _finite_pos(self.reach_embedding, "goal.reach_embedding")
+        _require(isinstance(self.headings, int) and 1 <= self.headings <= 64, "goal.headings",
+                 f"must be an integer in 1..64, got {self.headings!r}")
 
 
 @dataclass(frozen=True)

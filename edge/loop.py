@@ -309,6 +309,11 @@ class ControlLoop:
         self.uses_camera = p.encoder == "camera"
 
         self._mean = np.zeros((p.H, p.A), np.float32)
+        self.action_repeat = int((bundle.manifest.get("planner") or {}).get("action_repeat", 1) or 1)
+        if self.action_repeat < 1:
+            raise ValueError(f"bundle {bundle.path}: planner.action_repeat must be >= 1, got {self.action_repeat}")
+        self._planned = 0         # planner calls since the goal was set
+        self._shift_next = True   # shift the warm start by one planner step before the next call
         self._goal: GoalTarget | None = None
         self._low_count = 0
         self._retry_at = 0                                      # first tick a new request may start
@@ -356,7 +361,8 @@ class ControlLoop:
     def set_goal(self, goal: GoalTarget) -> None:
         """Plan toward ``goal`` from the next tick on (resets the warm start)."""
         self._goal = goal
-        self._mean[:] = 0.0
+        self._mean = np.zeros_like(self._mean)
+        self._planned, self._shift_next = 0, True
         self._low_count = 0
         self._cost_hist.clear()
         self._speed_hist.clear()
@@ -618,12 +624,16 @@ class ControlLoop:
             if self.plan_head is not None:
                 head = np.clip(np.asarray(self.plan_head(z, self._goal.z, obs.sensor[8:12]), np.float32)
                                .reshape(self.H, self.A), -1.0, 1.0)
-            warm = head if (head is not None and self.head_warm_start) else shift_plan(self._mean)
+            warm = head if (head is not None and self.head_warm_start) else (
+                shift_plan(self._mean) if self._shift_next else self._mean)
             plan = self._plan(z, warm, deadline, head is not None)
             lap("plan")
             emb_dist = float(np.linalg.norm(z - self._goal.z))
             if plan is not None:
                 self._mean = np.asarray(plan.mean_out, np.float32)
+                self._planned += 1
+                # one planner step = action_repeat ticks: advance the warm start a step every r ticks
+                self._shift_next = self._planned % self.action_repeat == 0
                 pred_error = float(np.mean(plan.conf))
                 confidence = confidence_from_error(pred_error, self.error_scale)
                 command, source, low, reason = self._decide(plan, pred_error, confidence, obs, t)

@@ -313,6 +313,20 @@ def run_robot(cfg: RunConfig) -> int:
     return EXIT_OK if result.goal_reached else EXIT_NOT_REACHED
 
 
+def goal_embedding(loop: Any, sim: Any, goal: Any, headings: int, norm: Any) -> np.ndarray:
+    """The goal's embedding; with ``headings`` K > 1 the mean of the embeddings of the goal
+    observation at K evenly spaced headings (a heading-agnostic place, as ``edge-eval
+    --goal-headings K``)."""
+    if headings == 1:
+        return loop.encode_goal(goal.sensor(norm), goal.frame)
+    x, y, th = goal.pose
+    zs = []
+    for k in range(headings):
+        obs = sim.observation_at((x, y, th + 2.0 * math.pi * k / headings))
+        zs.append(loop.encode_goal(obs.sensor(norm), obs.frame))
+    return np.mean(zs, axis=0).astype(np.float32)
+
+
 def run_sim(cfg: RunConfig) -> int:
     """``--sim``: episodes against the simulated ESP32, each with a goal in the other room."""
     from edge.loop import ControlLoop, GoalTarget, SystemClock
@@ -365,7 +379,7 @@ def run_sim(cfg: RunConfig) -> int:
                                                recorder=recorder, fallback=fallback, estop=estop, truth=sim.true_pose,
                                                on_tick=on_tick, noise_seed=seed + ep, **head)
                             goal = sim.goal_observation()
-                            z = loop.encode_goal(goal.sensor(backend.bundle.normalisation), goal.frame)
+                            z = goal_embedding(loop, sim, goal, cfg.goal.headings, backend.bundle.normalisation)
                             loop.set_goal(GoalTarget(z=z, pose=goal.pose, source="cli" if cfg.goal.pose else "config"))
                             result = loop.run(max_ticks=cfg.sim.max_steps, duration_s=cfg.duration_s)
                     finally:

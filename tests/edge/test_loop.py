@@ -328,3 +328,19 @@ def test_plan_head_acts_when_the_planner_misses_its_deadline(tmp_path: Path) -> 
     assert len(backend.calls) == 1 + 1 + (10 - len(heads))
     actions = read_flight_log(tmp_path / "h.mcap").messages["/action"]
     assert [a["tick"] for a in actions if a.get("via") == "plan_head"] == heads
+
+
+def test_action_repeat_shifts_the_warm_start_every_r_ticks() -> None:
+    """With planner.action_repeat = 2 (one planner step = 2 ticks) the warm start is the previous
+    plan unshifted after odd calls and shifted by one step after even calls."""
+    clock = FakeClock()
+    backend = FakeBackend(clock)
+    backend.bundle.manifest["planner"]["action_repeat"] = 2
+    loop, clock, link, backend, infos = make_loop(clock=clock, backend=backend)
+    loop.run(max_ticks=4)
+    out = (np.tile(backend.action, (4, 1)) + np.c_[np.arange(4) * 0.01, np.zeros(4)]).astype(np.float32)
+    calls = backend.calls[1:]
+    np.testing.assert_allclose(calls[0]["mean"], 0.0)
+    np.testing.assert_allclose(calls[1]["mean"], out, atol=1e-7)
+    np.testing.assert_allclose(calls[2]["mean"], shift_plan(out), atol=1e-7)
+    np.testing.assert_allclose(calls[3]["mean"], out, atol=1e-7)

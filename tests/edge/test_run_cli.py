@@ -152,3 +152,27 @@ def test_bundle_plan_head_is_loaded_checked_and_configurable(tiny_bundle: Path, 
     assert make_plan_head(load_config(None, [{"plan_head": "off"}]), b) == {}
     with pytest.raises(UserError, match="has no plan head"):
         make_plan_head(load_config(None, [{"plan_head": "warm_start"}]), load_bundle(tiny_bundle))
+
+
+def test_goal_embedding_averages_evenly_spaced_headings() -> None:
+    """goal.headings = K: the goal embedding is the mean of the embeddings of the observations at
+    the goal position with headings theta + 2 pi k / K (K = 1: the goal observation itself)."""
+    from types import SimpleNamespace
+
+    from edge.goals import GoalObservation
+    from edge.run import goal_embedding
+
+    norm = {"max_range_m": 2.0, "half_width_m": 1.5, "half_height_m": 1.0, "max_wheel_speed_rad_s": 15.0}
+    seen = []
+
+    def observation_at(pose):
+        seen.append(pose[2])
+        return GoalObservation(np.ones(8), pose)
+
+    loop = SimpleNamespace(encode_goal=lambda sensor, frame: sensor[10:12].copy())  # (sin, cos) of the heading
+    sim = SimpleNamespace(observation_at=observation_at)
+    goal = GoalObservation(np.ones(8), (0.5, 0.2, 0.3))
+    z = goal_embedding(loop, sim, goal, 4, norm)
+    np.testing.assert_allclose(seen, 0.3 + np.arange(4) * np.pi / 2)
+    np.testing.assert_allclose(z, [0.0, 0.0], atol=1e-6)  # four headings 90 degrees apart cancel
+    np.testing.assert_allclose(goal_embedding(loop, sim, goal, 1, norm), [np.sin(0.3), np.cos(0.3)], atol=1e-6)
