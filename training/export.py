@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from edge.trt_compat import check_trt_compat
+from training.config import PlannerConfig
 from training.models import ACTION_DIM, POSE4_DIM, CameraEncoder, Predictor
 
 FORBIDDEN_OPS = frozenset({"Loop", "Scan", "If", "GRU", "LSTM", "RNN", "RandomNormal", "RandomNormalLike",
@@ -62,6 +63,8 @@ class ExportError(RuntimeError):
 class PlannerParams:
     """Parameters fixed into the fused planner graph (recorded in the manifest under ``planner``).
 
+    Defaults come from ``training.config.PlannerConfig`` (the one place they live).
+
     Attributes:
         N: samples per iteration. H: horizon steps. J: MPPI iterations.
         temperature: softmax temperature on per-iteration scale-free costs ``(c - min) / std``.
@@ -71,13 +74,13 @@ class PlannerParams:
         action_low / action_high: action bounds (normalised wheel commands).
     """
 
-    N: int = 256
-    H: int = 16
-    J: int = 3
-    temperature: float = 0.05
-    smoothness: float = 0.05
-    std_init: float = 0.6
-    std_min: float = 0.05
+    N: int = PlannerConfig.samples
+    H: int = PlannerConfig.horizon
+    J: int = PlannerConfig.iterations
+    temperature: float = PlannerConfig.temperature
+    smoothness: float = PlannerConfig.smoothness
+    std_init: float = PlannerConfig.std_init
+    std_min: float = PlannerConfig.std_min
     action_low: float = -1.0
     action_high: float = 1.0
 
@@ -318,7 +321,6 @@ def torch_planner_outputs(predictor: Predictor, params: PlannerParams, inputs: d
 def reference_planner_outputs(predictor: Predictor, params: PlannerParams, inputs: dict[str, np.ndarray]
                               ) -> dict[str, np.ndarray]:
     """Outputs of the torch reference planner (``training.planner.plan``, loops over the horizon)."""
-    from training.config import PlannerConfig
     from training.planner import plan
 
     cfg = PlannerConfig(method="mppi", samples=params.N, horizon=params.H, iterations=params.J,
@@ -404,7 +406,7 @@ class ExportConfig:
         action_tolerance: max abs error on the plan outputs (``mean_out``, ``std_out``,
             ``best_actions``, ``conf``). These are ill-conditioned by design: the MPPI softmax
             amplifies float32 round-off of the costs by ``1 / (temperature * std(cost))``
-            (~1e4 at the defaults), which puts honest fp32 differences at up to ~2e-3 on the
+            (~1e4 at temperature 0.05), which puts honest fp32 differences at up to ~2e-3 on the
             updated mean; a wrong graph is off by > 5e-2. 1e-2 is 0.5 % of the action range.
         trials: random input sets per numerical check.
         calib_windows: dataset windows used to calibrate int8.
