@@ -145,8 +145,16 @@ class FallbackConfig:
     hold_speed: float = 0.2          # speed of a turning hold action, normalised
     macro_speed: float = 0.4         # speed of accepted macro-actions, normalised
     model: str | None = None         # model name sent to a URL server (None: server default)
+    api_key_env: str | None = None   # NAME of the environment variable holding the API key of a URL
+                                     # server (e.g. OPENAI_API_KEY); the key itself never enters the config
 
     def __post_init__(self) -> None:
+        if self.api_key_env is not None:
+            _require(isinstance(self.api_key_env, str) and self.api_key_env.strip() != ""
+                     and not any(c.isspace() or c in "=$" for c in self.api_key_env),
+                     "fallback.api_key_env",
+                     f"must be an environment variable NAME like OPENAI_API_KEY (not the key), got "
+                     f"{'an empty name' if not str(self.api_key_env).strip() else 'a value with spaces, = or $'}")
         _require(self.mode in ("none", "embedded") or self.mode.startswith(("http://", "https://")),
                  "fallback.mode", f"must be 'none', 'embedded' or an http(s):// URL, got {self.mode!r}")
         _require(self.hold_action in HOLD_ACTIONS, "fallback.hold_action",

@@ -218,6 +218,8 @@ def make_fallback(cfg: RunConfig):
     kwargs: dict[str, Any] = {"llm": cfg.fallback.mode}
     if cfg.fallback.model is not None:
         kwargs["model"] = cfg.fallback.model
+    if cfg.fallback.api_key_env is not None:
+        kwargs["api_key_env"] = cfg.fallback.api_key_env  # the name; ChatClient reads the key itself
     return build(FallbackConfig(**kwargs))
 
 

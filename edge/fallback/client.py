@@ -43,7 +43,7 @@ class FallbackRequestError(Exception):
     Attributes:
         category: a short machine-readable cause (``timeout``, ``connection``, ``http_status``,
             ``circuit_open``, ``bad_response``, ``too_large``, ``invalid_json``, ``schema``,
-            ``unknown_action``, ``bad_duration``, ``non_finite``, ``echo``).
+            ``unknown_action``, ``bad_duration``, ``non_finite``, ``echo``, ``aborted``).
         detail: words for people; never contains the API key.
         reply_text: the model's reply text when one came back, else None.
     """
@@ -348,6 +348,29 @@ class ChatClient:
         self.breaker = CircuitBreaker(config.breaker_failures, config.breaker_cooldown_s, clock)
         self.attempts = 0  # HTTP attempts made, retries included
         self.retries = 0  # of which retries
+        self._sock_lock = threading.Lock()
+        self._sock: socket.socket | None = None  # socket of the request in flight, for abort()
+        self._aborted = False
+
+    def abort(self) -> None:
+        """Cancel the request in flight (if any) and refuse all later ones; callable from any thread.
+
+        Shuts the in-flight socket down, so the blocked worker's read returns at once (it raises
+        :class:`FallbackRequestError` ``aborted``) and the server sees the client go away (llama.cpp
+        then cancels the generation). No retry follows an abort. Never blocks.
+        """
+        with self._sock_lock:
+            self._aborted = True
+            sock = self._sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:  # already closed or never connected
+                pass
+
+    def _check_aborted(self) -> None:
+        if self._aborted:
+            raise FallbackRequestError("aborted", "the fallback was closed while this request was in flight")
 
     def __repr__(self) -> str:
         key = "<from $%s>" % self.config.api_key_env if self._api_key else "none"
@@ -385,6 +408,7 @@ class ChatClient:
                 f"{self.config.base_url} failed {self.config.breaker_failures} times in a row; "
                 f"next probe in {self.breaker.seconds_until_probe():.1f} s",
             )
+        self._check_aborted()
         try:
             text = self._post_with_retries(json.dumps(self.request_body(messages)).encode())
             macro = validate_reply(
@@ -406,6 +430,7 @@ class ChatClient:
                 self.retries += 1
                 self._sleep(min(delay, self.config.backoff_max_s))
                 delay *= 2.0
+            self._check_aborted()
             self.attempts += 1
             try:
                 status, body = self._post_once(payload)
@@ -448,6 +473,10 @@ class ChatClient:
         else:
             conn = http.client.HTTPConnection(ep.host, ep.port, timeout=self.config.timeout_s)
         try:
+            conn.connect()
+            with self._sock_lock:
+                self._sock = conn.sock
+            self._check_aborted()  # abort() raced with connect(): it could not reach this socket
             conn.request("POST", ep.path, body=payload, headers=headers)
             self._set_remaining(conn, deadline)
             resp = conn.getresponse()
@@ -466,14 +495,18 @@ class ChatClient:
                 chunks.append(chunk)
             return resp.status, b"".join(chunks)
         except (socket.timeout, TimeoutError):
+            self._check_aborted()
             raise FallbackRequestError(
                 "timeout", f"no complete reply within {self.config.timeout_s:.1f} s"
             ) from None
         except (ConnectionError, OSError, http.client.HTTPException) as e:
+            self._check_aborted()
             raise FallbackRequestError(
                 "connection", self.redact(f"{type(e).__name__} talking to {ep.host}:{ep.port}: {e}")
             ) from None
         finally:
+            with self._sock_lock:
+                self._sock = None
             conn.close()
 
     def _set_remaining(self, conn: http.client.HTTPConnection, deadline: float, resp=None) -> None:

@@ -12,6 +12,7 @@ Never imports torch.
 from __future__ import annotations
 
 import atexit
+import ctypes
 import gc
 import importlib
 import importlib.util
@@ -43,6 +44,9 @@ class EmbeddedConfig:
     startup_timeout_s: float = 60.0  # model load + first /health ok
     host: str = "127.0.0.1"  # loopback only: the fallback is not a network service
     verbosity: int = 0  # llama.cpp log verbosity (0 = quiet, 3 = default llama.cpp chatter)
+    max_predict: int = 512  # server-side cap on generated tokens per request: bounds how long any request can run
+    http_timeout_s: int = 30  # llama.cpp HTTP read/write timeout, s (its default, 600 s, could hold a stop for 10 min)
+    close_timeout_s: float = 5.0  # close() waits this long for requests in flight to end before abandoning the server
     nice: int = 19  # niceness of llama.cpp's threads (Linux): the lowest priority, so the control loop wins the CPU; 0 = unchanged
 
     def __post_init__(self) -> None:
@@ -53,6 +57,14 @@ class EmbeddedConfig:
         if not (math.isfinite(self.startup_timeout_s) and self.startup_timeout_s > 0):
             raise ValueError(
                 f"EmbeddedConfig.startup_timeout_s must be finite and > 0, got {self.startup_timeout_s!r}"
+            )
+        if self.max_predict < 16:
+            raise ValueError(f"EmbeddedConfig.max_predict must be >= 16 tokens, got {self.max_predict}")
+        if not (isinstance(self.http_timeout_s, int) and self.http_timeout_s >= 1):
+            raise ValueError(f"EmbeddedConfig.http_timeout_s must be an integer >= 1 s, got {self.http_timeout_s!r}")
+        if not (math.isfinite(self.close_timeout_s) and self.close_timeout_s >= 0):
+            raise ValueError(
+                f"EmbeddedConfig.close_timeout_s must be finite and >= 0, got {self.close_timeout_s!r}"
             )
         if not (isinstance(self.nice, int) and 0 <= self.nice <= 19):
             raise ValueError(f"EmbeddedConfig.nice must be an integer in [0, 19], got {self.nice!r}")
@@ -112,6 +124,10 @@ def _renice(tids: set[int], nice: int) -> int:
     return done
 
 
+#: Servers close() gave up on (a request still running): kept referenced, never deallocated.
+_ABANDONED: list = []
+
+
 def _import_xllamacpp():
     try:
         return importlib.import_module("xllamacpp")
@@ -140,6 +156,7 @@ class EmbeddedLLMServer:
         self.model_path: Path | None = None
         self.startup_s: float | None = None
         self.reniced = 0  # llama.cpp threads given EmbeddedConfig.nice
+        self.abandoned = False  # close() found a request still running and left the server to die with the process
 
     def __repr__(self) -> str:
         return f"EmbeddedLLMServer(url={self.base_url if self.running else None!r}, model={self.model_path})"
@@ -177,6 +194,10 @@ class EmbeddedLLMServer:
             params.cpuparams.n_threads = self.config.n_threads
             params.cpuparams_batch.n_threads = self.config.n_threads
             params.verbosity = self.config.verbosity
+            params.n_predict = self.config.max_predict
+            params.timeout_read = self.config.http_timeout_s
+            params.timeout_write = self.config.http_timeout_s
+            params.endpoint_slots = True  # close() asks /slots whether a request is still running
             try:
                 server = xlc.Server(params)
             except Exception as e:
@@ -216,14 +237,54 @@ class EmbeddedLLMServer:
             f"(last: {last}); raise EmbeddedConfig.startup_timeout_s on slow devices"
         )
 
+    def busy(self) -> bool | None:
+        """True while a slot is processing a request; None when ``/slots`` gives no answer."""
+        if self.port is None:
+            return None
+        try:
+            with urllib.request.urlopen(f"{self.base_url}/slots", timeout=1.0) as resp:
+                slots = json.loads(resp.read(1 << 20).decode("utf-8", "replace"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(slots, list):
+            return None
+        return any(isinstance(s, dict) and s.get("is_processing") for s in slots)
+
     def close(self) -> None:
-        """Stop the server (waits for llama.cpp's threads to exit). Idempotent."""
+        """Stop the server; bounded by about ``close_timeout_s`` + 1 s. Idempotent.
+
+        xllamacpp has no stop() or hard-kill call: the server stops only when the ``Server``
+        object is deallocated, and that deallocation joins llama.cpp's threads *while holding the
+        GIL*, waiting for any request in flight to finish its generation (seen: > 10 min). It
+        therefore cannot be bounded by running it in a thread with a join timeout (the GIL stays
+        taken, every Python thread freezes). Instead: wait up to ``close_timeout_s`` for
+        ``/slots`` to show no request processing (a client that closes its socket, as
+        :meth:`LLMFallback.close` does, makes llama.cpp cancel its generation within
+        milliseconds); then deallocate, which is then quick. If a request is still running
+        after the bound (a foreign client keeps one open), the server is abandoned instead: its
+        object is kept alive for good (never deallocated, so never joined), its daemon C++
+        threads end with the process, and ``max_predict``/``http_timeout_s`` bound how long
+        they keep working until then. That is the only hard stop this API allows.
+        """
         with self._lock:
             server, self._server = self._server, None
-        if server is not None:
-            del server  # xllamacpp stops the HTTP server and joins its threads on deallocation
-            gc.collect()
-            atexit.unregister(self.close)
+        if server is None:
+            return
+        atexit.unregister(self.close)
+        deadline = time.monotonic() + self.config.close_timeout_s
+        busy = self.busy()
+        while busy and time.monotonic() < deadline:
+            time.sleep(0.05)
+            busy = self.busy()
+        if busy:
+            _ABANDONED.append(server)
+            # Also hold a C-level reference: at interpreter exit module globals are cleared,
+            # which would otherwise deallocate (and so join, GIL held) the abandoned server.
+            ctypes.pythonapi.Py_IncRef(ctypes.py_object(server))
+            self.abandoned = True
+            return
+        del server  # xllamacpp stops the HTTP server and joins its threads on deallocation
+        gc.collect()
 
     def __enter__(self) -> "EmbeddedLLMServer":
         return self.start()

@@ -58,6 +58,8 @@ class LLMFallback(Fallback):
         clock: monotonic seconds, for latencies.
     """
 
+    CLOSE_JOIN_S = 1.0  # longest close() waits for the worker thread, s
+
     def __init__(
         self,
         client: ChatClient,
@@ -114,9 +116,14 @@ class LLMFallback(Fallback):
                 return
             self._closed = True
         self._requests.put(_STOP)
-        # A request blocked on the network finishes within the client's timeout; the worker is a
-        # daemon, so do not hold the caller (the control loop's shutdown) for longer than this.
-        self._worker.join(timeout=0.5)
+        # Cancel a request in flight: abort() shuts its socket down, so the worker's blocked read
+        # returns at once and the server sees the client leave (llama.cpp then stops generating).
+        # Without this an embedded server's stop would wait for the whole generation.
+        self.client.abort()
+        # Bounded: the worker is a daemon; if it is still busy (e.g. inside DNS resolution, which a
+        # socket shutdown cannot interrupt) it is abandoned, and its request dies with its own
+        # per-attempt timeout (ClientConfig.timeout_s). Never hold the control loop's shutdown.
+        self._worker.join(timeout=self.CLOSE_JOIN_S)
         if self._on_close is not None:
             self._on_close()
 

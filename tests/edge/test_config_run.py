@@ -74,3 +74,30 @@ def test_override_syntax_errors() -> None:
         parse_override("limits.max_speed")
     assert parse_override("fallback.mode=http://localhost:8080/v1") == {
         "fallback": {"mode": "http://localhost:8080/v1"}}
+
+
+def test_fallback_api_key_env_reaches_the_client_and_the_key_is_never_printed(monkeypatch, capsys) -> None:
+    """fallback.api_key_env names the variable; edge-run's make_fallback passes the name into the
+    factory's FallbackConfig (the ChatClient then reads and sends the key); --print-config shows
+    the name only, never the key; a key pasted as the name is refused."""
+    from edge import run as edge_run
+    from edge.fallback import factory
+
+    secret = "sk-test-SECRET-4242"
+    monkeypatch.setenv("EDGE_TEST_LLM_KEY", secret)
+    cfg = load_config(None, [parse_override("fallback.mode=https://llm.example.invalid/v1"),
+                             parse_override("fallback.api_key_env=EDGE_TEST_LLM_KEY")])
+    assert cfg.fallback.api_key_env == "EDGE_TEST_LLM_KEY"
+    assert RunConfig().fallback.api_key_env is None
+    seen = {}
+    monkeypatch.setattr(factory, "make_fallback", lambda fc: seen.setdefault("cfg", fc))
+    edge_run.make_fallback(cfg)
+    assert seen["cfg"].api_key_env == "EDGE_TEST_LLM_KEY"
+    from edge.fallback.client import ChatClient
+    client = ChatClient(seen["cfg"].client_config(seen["cfg"].llm))
+    assert client._api_key == secret and secret not in repr(client)
+    assert edge_run.main(["--set", "fallback.api_key_env=EDGE_TEST_LLM_KEY", "--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert "EDGE_TEST_LLM_KEY" in out and secret not in out
+    with pytest.raises(ConfigError, match="fallback.api_key_env"):
+        load_config(None, [{"fallback": {"api_key_env": "sk key with spaces"}}])
