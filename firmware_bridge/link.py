@@ -16,9 +16,12 @@ Behaviour in one place:
   given: a hung control loop then gets explicit zeros, never a robot that keeps driving.
 * **Acked commands** (ESTOP, CLEAR_ESTOP, CONFIG, SET_PID, SET_PWM, RESET_ENC, PING) are retried a
   bounded number of times; when exhausted, ``AckTimeoutError`` names the port and what to check.
-* **Device reset** is detected by a HELLO frame, by the device sequence number going backwards,
-  or by the device clock jumping (checked across reconnects too: a HELLO sent while the port
-  was closed is usually lost on real USB bridges). On a reset the
+* **Device reset** is detected by a HELLO frame, by the device sequence number going backwards
+  (16-bit wrap excepted), or by the device clock (``mcu_time_us``) going backwards (32-bit wrap
+  at ~71.6 min excepted; checked across reconnects too: a HELLO sent while the port was closed
+  is usually lost on real USB bridges). Host time is never compared with the device clock: a
+  stalled host (interpreter busy loading an LLM, frames buffered, then dropped) sees the device
+  clock leap ahead of its own stamps, and that is not a reset. On a reset the
   link re-bases odometry (an encoder offset makes the first count after the reset continue
   from the last one before it, whether the device restarted its counters at 0 or not),
   re-sends the configuration it sent before (CONFIG, SET_PID, and a latched ESTOP the host has
@@ -99,13 +102,12 @@ class LinkConfig:
     exclusive: bool = True          # flock the port so a second program cannot interleave bytes
     low_latency: bool = True        # request ASYNC_LOW_LATENCY (FTDI/CP210x: 16 ms -> 1 ms latency)
     heartbeat_hold_s: float = 0.5   # heartbeat re-sends a command at most this long, then zeros
-    clock_slack_s: float = 2.0      # device clock may run this far ahead of host time before it counts as a reset
 
     def __post_init__(self) -> None:
         if not isinstance(self.baudrate, int) or self.baudrate <= 0:
             raise ValueError(f"LinkConfig.baudrate must be a positive integer (e.g. 115200 or 921600), got {self.baudrate!r}")
         for name in ("ack_timeout_s", "write_timeout_s", "reopen_initial_s", "reopen_max_s",
-                     "heartbeat_hold_s", "clock_slack_s"):
+                     "heartbeat_hold_s"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise ValueError(f"LinkConfig.{name} must be a positive number of seconds, got {value!r}")
@@ -167,7 +169,7 @@ class DeviceInfo:
 @dataclass(frozen=True)
 class ResetEvent:
     """A detected device reset. ``reason``: 'hello', 'sequence' (device seq went backwards) or
-    'clock' (device clock went backwards or jumped). ``device`` is set when a HELLO was seen."""
+    'clock' (device clock went backwards). ``device`` is set when a HELLO was seen."""
 
     reason: str
     host_time: float
@@ -744,10 +746,13 @@ class SerialLink:
         f = frame.fields
         mcu = int(f["mcu_time_us"])
         last = self._last_mcu
-        if last is not None:
-            advance = _signed(mcu - last[0], _U32)
-            if advance < 0 or advance > (now - last[1] + self.config.clock_slack_s) * 1e6:
-                self._device_reset("clock", now, None)
+        # Only the device's own clock decides: backwards (in the signed 32-bit sense, so a wrap
+        # from ~2**32 to a small value counts as forward) = the device rebooted. A forward leap,
+        # however large against host time, is a host stall or lost frames, never a reset. Limit:
+        # a reboot after > 35.8 min uptime (2**31 us) reads as a forward step here; HELLO and
+        # the sequence check catch that case.
+        if last is not None and _signed(mcu - last[0], _U32) < 0:
+            self._device_reset("clock", now, None)
         self._last_mcu = (mcu, now)
         raw = (int(f["enc_left"]), int(f["enc_right"]))
         if self._rebase_pending:

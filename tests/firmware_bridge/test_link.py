@@ -308,3 +308,42 @@ def test_sequence_going_backwards_is_a_reset(link, fake_mcu, wait_until):
     t = wait_until(lambda: (lambda x: x if x and x.seq == 2 else None)(link.latest()))
     assert [e.reason for e in link.resets] == ["sequence"] and t.enc_left == 41
     assert link.stats().seq_gaps == 0
+
+
+def test_host_stall_is_not_a_device_reset_but_a_real_reset_still_is(link, fake_mcu, wait_until):
+    """The host reader stalls (e.g. the interpreter busy loading an LLM) while the device keeps
+    running: a backlog arrives at once, then frames whose MCU clock is 30 s ahead (frames were
+    dropped meanwhile). The MCU clock is continuous, so this is a sequence gap, not a reset.
+    A 32-bit microsecond wrap is not a reset either; the clock then going backwards is."""
+    import threading
+
+    fake_mcu.telemetry(enc=(10, 10), mcu_time_us=1_000_000, seq=100)
+    wait_until(lambda: link.latest() and link.latest().enc_left == 10)
+
+    release, stalled = threading.Event(), threading.Event()
+    original = link._read_some
+
+    def stalled_read(ser):
+        stalled.set()
+        release.wait(10.0)
+        return original(ser)
+
+    link._read_some = stalled_read  # the reader thread picks this up on its next read
+    wait_until(stalled.is_set, what="reader stalled")
+    fake_mcu.telemetry(enc=(11, 11), mcu_time_us=1_010_000, seq=101)  # buffered during the stall
+    fake_mcu.telemetry(enc=(12, 12), mcu_time_us=31_010_000, seq=3101)  # device ran on, frames lost
+    link._read_some = original
+    release.set()
+    t = wait_until(lambda: (lambda x: x if x and x.seq == 3101 else None)(link.latest()))
+    assert t.enc_left == 12 and link.resets == [] and link.reset_log == []
+    assert link.stats().seq_gaps == 1 and link.stats().device_resets == 0
+
+    fake_mcu.telemetry(enc=(13, 13), mcu_time_us=2**31, seq=3102)  # uptime ~35.8 min
+    fake_mcu.telemetry(enc=(13, 13), mcu_time_us=2**32 - 5_000, seq=3103)  # uptime ~71.6 min
+    fake_mcu.telemetry(enc=(14, 14), mcu_time_us=2**32 + 5_000, seq=3104)  # wraps to 5000 us
+    t = wait_until(lambda: (lambda x: x if x and x.seq == 3104 else None)(link.latest()))
+    assert t.mcu_time_us == 5_000 and t.enc_left == 14 and link.resets == []
+
+    fake_mcu.telemetry(enc=(1, 1), mcu_time_us=2_000, seq=3105)  # clock went backwards: rebooted
+    t = wait_until(lambda: (lambda x: x if x and x.seq == 3105 else None)(link.latest()))
+    assert [e.reason for e in link.resets] == ["clock"] and t.enc_left == 14
