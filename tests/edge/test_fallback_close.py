@@ -140,7 +140,8 @@ def test_embedded_server_close_with_foreign_request_in_flight_is_bounded():
     """A client we cannot abort keeps a long request open: close() still returns (waiting at most
     close_timeout_s, then abandoning the server rather than joining its threads)."""
     _smollm2_or_skip()
-    server = EmbeddedLLMServer(EmbeddedConfig(close_timeout_s=1.0, max_predict=4096)).start()
+    # max_predict bounds how long the abandoned generation keeps a core busy for the rest of the run.
+    server = EmbeddedLLMServer(EmbeddedConfig(close_timeout_s=0.2, max_predict=1024)).start()
     body = json.dumps({"messages": [{"role": "user", "content": "Write a very long story about robots."}],
                        "max_tokens": 4000, "temperature": 1.0, "stream": False}).encode()
     req = urllib.request.Request(f"{server.base_url}/v1/chat/completions", data=body,
@@ -160,4 +161,4 @@ def test_embedded_server_close_with_foreign_request_in_flight_is_bounded():
     assert server.busy(), "the foreign request never reached the server"
     assert _close_returns(server), "EmbeddedLLMServer.close() hung with a request in flight"
     assert not server.running
-    assert server.abandoned  # still generating after 1 s: left to die with the process
+    assert server.abandoned  # still generating after 0.2 s: left to die with the process
