@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Callable
 
 from edge import __version__ as edge_version
+from edge.bundle import sha256_file
 from edge.flash.errors import FlashError
 from edge.flash.ssh import TRANSFERS, SshTarget, SshTransport
 from edge.flash.wheel import (WheelTags, build_wheel, cached_wheel, default_cache_dir, find_project_root,
@@ -175,14 +176,6 @@ class RobotInfo:
         return self.values.get(key) == "1"
 
 
-def sha256_path(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _files_under(folder: Path) -> list[Path]:
     """Regular files under ``folder`` (relative, sorted), skipping caches."""
     out = []
@@ -235,8 +228,8 @@ def release_id(cfg: RobotFlashConfig, code_hash: str, bundle: Path, recipes: Pat
         "format": FLASH_FORMAT, "device": cfg.device, "code": code_hash, "python": cfg.python,
         "system_site_packages": cfg.use_system_site_packages, "reuse": cfg.reuse_site_packages,
         "deps": cfg.install_deps, "pip_args": list(cfg.pip_args), "bundle_name": bundle.resolve().name,
-        "bundle": {r.as_posix(): sha256_path(bundle / r) for r in _files_under(bundle)},
-        "recipes": {r.as_posix(): sha256_path(recipes / r) for r in _files_under(recipes)},
+        "bundle": {r.as_posix(): sha256_file(bundle / r) for r in _files_under(bundle)},
+        "recipes": {r.as_posix(): sha256_file(recipes / r) for r in _files_under(recipes)},
     }
     h.update(json.dumps(parts, sort_keys=True).encode())
     return h.hexdigest()[:12]
@@ -393,7 +386,7 @@ def _stage(stage: Path, payload: Path, bundle: Path, recipes: Path, units: dict[
     for name, text in units.items():
         (stage / "units" / name).write_text(text, encoding="utf-8")
     (stage / "RELEASE.json").write_text(json.dumps(release_json, indent=2, sort_keys=True) + "\n")
-    lines = [f"{sha256_path(stage / rel)}  {rel.as_posix()}" for rel in _files_under(stage)]
+    lines = [f"{sha256_file(stage / rel)}  {rel.as_posix()}" for rel in _files_under(stage)]
     (stage / MANIFEST).write_text("\n".join(lines) + "\n")
 
 
@@ -420,7 +413,7 @@ def flash_robot(cfg: RobotFlashConfig, transport: SshTransport | None = None,
     if cfg.wheel is not None:
         if not cfg.wheel.is_file():
             raise FlashError(f"--wheel {cfg.wheel} does not exist")
-        code_hash = sha256_path(cfg.wheel)
+        code_hash = sha256_file(cfg.wheel)
     else:
         code_hash = source_hash(_checkout(root))
     rid = release_id(cfg, code_hash, bundle, recipes)

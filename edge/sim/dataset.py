@@ -17,7 +17,6 @@ sha256, checked on read. ``WindowDataset`` reads shards and MCAP flight logs
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -28,6 +27,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from edge.bundle import sha256_file
 from edge.sim.obs import SensorNormalisation, sensor_vector
 
 SCHEMA_VERSION = 1
@@ -54,17 +54,6 @@ OPTIONAL_FIELDS = ("frame",)
 
 class DatasetError(RuntimeError):
     """A shard or flight log is missing, corrupt, truncated or of the wrong schema (names the file)."""
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
 
 
 def write_shard(path: str | Path, episodes: dict[str, np.ndarray], meta: dict) -> dict:

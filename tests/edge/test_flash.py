@@ -177,7 +177,7 @@ def test_up_to_date_robot_runs_only_the_probe(setup):
     """When the probe reports this release current, verified, its venv complete and the units
     installed with the same content, nothing but the probe runs."""
     cfg = _cfg(setup)
-    rid = fr.release_id(cfg, fr.sha256_path(setup["wheel"]), setup["bundle"], setup["recipes"])
+    rid = fr.release_id(cfg, fr.sha256_file(setup["wheel"]), setup["bundle"], setup["recipes"])
     values = {"EDGE_HOME": "/home/nvidia/edge-jepa", "EDGE_USER": "nvidia", "EDGE_DEVICE": "jetson",
               "EDGE_BUNDLE": "/home/nvidia/edge-jepa/current/bundle/mini",
               "EDGE_VENV": "/home/nvidia/edge-jepa/current/venv"}
@@ -413,7 +413,7 @@ def test_damaged_release_is_copied_again_with_a_new_venv(setup):
     copied again and, since the copy replaces the folder, gets a fresh venv even though the
     old folder had a complete one."""
     cfg = _cfg(setup)
-    rid = fr.release_id(cfg, fr.sha256_path(setup["wheel"]), setup["bundle"], setup["recipes"])
+    rid = fr.release_id(cfg, fr.sha256_file(setup["wheel"]), setup["bundle"], setup["recipes"])
     probe = dict(JETSON_PROBE, release="1", venv_stamp=rid)  # present, stamped, but not verified
     t = FakeTransport(probe)
     fr.flash_robot(cfg, transport=t, log=lambda _: None)
