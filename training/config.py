@@ -220,13 +220,16 @@ def _coerce(value: Any, typ: Any, name: str) -> Any:
                 value = yaml.safe_load(value)
             if not isinstance(value, (list, tuple)):
                 raise TypeError
-            return tuple(int(v) for v in value)
+            elem = typ.__args__[0] if getattr(typ, "__args__", None) else int  # tuple[int, ...], tuple[float, float]
+            return tuple(elem(v) for v in value)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{name}: cannot use {value!r} as {getattr(typ, '__name__', typ)}") from e
     return value
 
 
-def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+def build_dataclass(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    """Nested dict -> frozen dataclass ``cls``, coercing types; unknown keys and invalid values
+    raise ConfigError naming the field (also used by ``training.pretrain``'s configs)."""
     hints = get_type_hints(cls)
     names = {f.name for f in fields(cls)}
     unknown = set(values) - names
@@ -240,10 +243,15 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
         if is_dataclass(hints[f.name]):
             if not isinstance(v, dict):
                 raise ConfigError(f"{prefix}{f.name}: expected a mapping, got {v!r}")
-            kwargs[f.name] = _build(hints[f.name], v, f"{prefix}{f.name}.")
+            kwargs[f.name] = build_dataclass(hints[f.name], v, f"{prefix}{f.name}.")
         else:
             kwargs[f.name] = _coerce(v, hints[f.name], prefix + f.name)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except ValueError as e:  # a __post_init__ check that raises a plain ValueError
+        raise ConfigError(f"{prefix or 'config'}: {e}") from e
 
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
@@ -288,7 +296,7 @@ def config_from_dict(values: dict[str, Any]) -> Config:
         for k, v in PRESET_OVERRIDES[preset].items():
             _set_dotted(tree, k, v)
         values = _merge(tree, values)
-    return _build(Config, values, "")
+    return build_dataclass(Config, values)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

@@ -37,9 +37,9 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,6 +47,8 @@ import yaml
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from training.config import ConfigError, config_from_dict
+from training.config import build_dataclass as config_build_dataclass
 from training.ijepa import (
     IJEPA,
     IJEPAConfig,
@@ -71,51 +73,12 @@ class PretrainError(RuntimeError):
 # --------------------------------------------------------------------------------------------
 # config loading (YAML + dotted overrides into frozen dataclasses)
 # --------------------------------------------------------------------------------------------
-def _coerce(value: Any, typ: Any, name: str) -> Any:
-    origin = getattr(typ, "__origin__", None)
-    try:
-        if typ is bool:
-            if isinstance(value, str) and value.lower() in ("true", "false"):
-                return value.lower() == "true"
-            if not isinstance(value, bool):
-                raise TypeError
-            return value
-        if typ in (int, float, str):
-            if typ is not str and isinstance(value, bool):
-                raise TypeError
-            if typ is int and isinstance(value, float) and not value.is_integer():
-                raise TypeError
-            return typ(value)
-        if origin is tuple:
-            if isinstance(value, str):
-                value = yaml.safe_load(value)
-            return tuple(float(v) for v in value)
-    except (TypeError, ValueError) as e:
-        raise PretrainError(f"{name}: cannot use {value!r} as {getattr(typ, '__name__', typ)}") from e
-    return value
-
-
 def build_dataclass(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
-    """Nested dict -> frozen dataclass, coercing types; unknown keys raise naming the valid ones."""
-    hints = get_type_hints(cls)
-    names = {f.name for f in fields(cls)}
-    unknown = set(values) - names
-    if unknown:
-        raise PretrainError(f"unknown key(s) {sorted(prefix + k for k in unknown)}; valid: {sorted(names)}")
-    kw = {}
-    for f in fields(cls):
-        if f.name in values:
-            v = values[f.name]
-            if is_dataclass(hints[f.name]):
-                if not isinstance(v, dict):
-                    raise PretrainError(f"{prefix}{f.name}: expected a mapping, got {v!r}")
-                kw[f.name] = build_dataclass(hints[f.name], v, f"{prefix}{f.name}.")
-            else:
-                kw[f.name] = _coerce(v, hints[f.name], prefix + f.name)
+    """Nested dict -> frozen dataclass (``training.config.build_dataclass``), errors as PretrainError."""
     try:
-        return cls(**kw)
-    except ValueError as e:
-        raise PretrainError(f"{prefix or 'config'}: {e}") from e
+        return config_build_dataclass(cls, values, prefix)
+    except ConfigError as e:
+        raise PretrainError(str(e)) from e
 
 
 def _read_yaml(path: str | Path | None) -> dict[str, Any]:
@@ -357,7 +320,6 @@ class WorldOptions:
 
 def load_world_config(path: str | Path | None, overrides: list[str] | None = None):
     """(training Config, WorldOptions) from a YAML with an ``ijepa:`` section."""
-    from training.config import ConfigError, config_from_dict
 
     tree = _apply_overrides(_read_yaml(path), overrides or [])
     opts = build_dataclass(WorldOptions, tree.pop("ijepa", {}) or {}, "ijepa.")
