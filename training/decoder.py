@@ -14,10 +14,14 @@ Example::
     nice -n 10 python -m training.decoder train runs/sensor_default --out runs/decoder_sensor
     nice -n 10 python -m training.decoder train runs/cam_ijepa --out runs/decoder_cam --encoder target
     python -m training.decoder imagine runs/cam_ijepa --decoder runs/decoder_cam --out docs/img/imagine.gif
+    python -m training.evaluate runs/cam_ijepa --imagine runs/decoder_cam    # the same through edge-eval
 
 ``imagine`` plans from the start of an evaluation episode with the reference MPPI, executes the
-plan open loop in the simulator, and writes a GIF with, per step, the real frame (or scan) next
-to the frame (or scan) decoded from the predictor's imagined embedding along that plan.
+plan open loop in the simulator (each action held ``data.action_repeat`` control ticks), and
+writes a GIF with, per plan step, the real frame (or scan) next to the frame (or scan) decoded
+from the predictor's imagined embedding along that plan. ``train`` records the encoder and the
+sha256 of the run's weights in ``decoder.json``; ``imagine`` refuses a decoder fit on another
+model.
 """
 
 from __future__ import annotations
@@ -277,20 +281,74 @@ def save_decoder(out_dir: str | Path, dec: StateDecoder, meta: dict[str, Any]) -
 
 
 def load_decoder(path: str | Path) -> StateDecoder:
-    from safetensors import safe_open
+    """A decoder saved by :func:`save_decoder` (its folder or its ``decoder.safetensors``); raises DecoderError."""
+    from safetensors import SafetensorError, safe_open
 
     p = Path(path)
     if p.is_dir():
         p = p / DEC_FILE
     if not p.is_file():
         raise DecoderError(f"{p} not found: train one with python -m training.decoder train RUN --out DIR")
-    with safe_open(str(p), "pt") as f:
-        meta = f.metadata() or {}
-    if meta.get("format") != "edge-jepa-decoder":
-        raise DecoderError(f"{p} is not a state-decoder checkpoint")
-    dec = StateDecoder(DecoderConfig(**json.loads(meta["config"])))
-    dec.load_state_dict(load_file(str(p)))
+    try:
+        with safe_open(str(p), "pt") as f:
+            meta = f.metadata() or {}
+        if meta.get("format") != "edge-jepa-decoder":
+            raise DecoderError(f"{p} is not a state-decoder checkpoint: train one with "
+                               "python -m training.decoder train RUN --out DIR")
+        dec = StateDecoder(DecoderConfig(**json.loads(meta["config"])))
+        dec.load_state_dict(load_file(str(p)))
+    except (SafetensorError, OSError, KeyError, TypeError, json.JSONDecodeError, RuntimeError) as e:
+        if isinstance(e, DecoderError):
+            raise
+        raise DecoderError(f"{p} is not a readable state-decoder checkpoint ({type(e).__name__}: {e}); "
+                           "train one again with python -m training.decoder train RUN --out DIR") from e
     return dec.eval()
+
+
+def decoder_meta(path: str | Path) -> dict[str, Any]:
+    """``decoder.json`` next to the weights (``{}`` when absent): the run, encoder and fingerprint it was fit on."""
+    p = Path(path)
+    p = (p if p.is_dir() else p.parent) / DEC_META
+    if not p.is_file():
+        return {}
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise DecoderError(f"{p} is not valid JSON ({e}): train the decoder again") from e
+
+
+def run_fingerprint(run_dir: str | Path) -> str | None:
+    """sha256 of the run's ``model.safetensors`` (None when absent): ties a decoder to the weights it was fit on."""
+    from edge.bundle import sha256_file
+    from training.checkpoint import MODEL_FILE
+
+    p = Path(run_dir) / MODEL_FILE
+    return sha256_file(p) if p.is_file() else None
+
+
+def check_decoder_matches(dec: StateDecoder, meta: dict[str, Any], decoder_dir: str | Path, run_dir: str | Path,
+                          config: Any, which: str) -> None:
+    """Refuse a decoder fit on another model's embeddings (its pictures would be meaningless).
+
+    Checks the embedding size, the model kind (a frame decoder needs a camera model), the
+    encoder (online/target) recorded in ``decoder.json`` and the
+    sha256 of the run's weights recorded there (decoders saved before fingerprints existed skip
+    the last two). Raises DecoderError naming both values and the command that fixes it.
+    """
+    fix = f"train one for this run: python -m training.decoder train {run_dir} --out DIR"
+    e_run = config.model.embed_dim
+    if dec.cfg.embed_dim != e_run:
+        raise DecoderError(f"decoder {decoder_dir} is for E={dec.cfg.embed_dim}, the run {run_dir} embeds to E={e_run}; {fix}")
+    if dec.cfg.frames and config.model.kind != "camera":
+        raise DecoderError(f"decoder {decoder_dir} decodes camera frames (fit on a camera model), the run {run_dir} "
+                           f"is a {config.model.kind} model; {fix}")
+    if meta.get("encoder") not in (None, which):
+        raise DecoderError(f"decoder {decoder_dir} was fit on the {meta['encoder']} encoder's embeddings, not the "
+                           f"{which} encoder's; pass encoder {meta['encoder']} or {fix} --encoder {which}")
+    recorded, actual = meta.get("run_weights_sha256"), run_fingerprint(run_dir)
+    if recorded and actual and recorded != actual:
+        raise DecoderError(f"decoder {decoder_dir} was fit on another model's embeddings (weights sha256 "
+                           f"{recorded[:12]}.. of {meta.get('run', '?')}, this run's {actual[:12]}..); {fix}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -316,31 +374,46 @@ def scan_image(ranges_m: np.ndarray, max_range: float, size: int = 64, color=(40
 
 @torch.no_grad()
 def imagine(run_dir: str | Path, decoder_dir: str | Path, out_gif: str | Path, seed: int = 1000, chunks: int = 4,
-            scale: int = 3, which: str = "target") -> dict[str, Any]:
-    """Plan, execute open loop, and write ``out_gif``: real (left) vs decoded imagined (right) per step.
+            scale: int = 3, which: str | None = None, planner: Any = None) -> dict[str, Any]:
+    """Plan, execute open loop, and write ``out_gif``: real (left) vs decoded imagined (right) per plan step.
 
     Each of ``chunks`` rounds: encode the current observation, plan with the reference MPPI
-    (the run's planner config), unroll the predictor along the planned mean (the imagined
-    future), execute those H actions in the simulator. Returns per-step decoded-vs-real errors.
+    (``planner``, default the run's planner config), unroll the predictor along the planned mean
+    (the imagined future), execute those H actions in the simulator, each held for
+    ``data.action_repeat`` control ticks (one predictor step), and show the real observation
+    reached after each step beside the one decoded from its predicted embedding.
+
+    GIF frames: ``uint8 [64 * scale, (2 * 64 + 2) * scale, 3]`` (a 2-pixel white gap between the
+    halves), one per executed plan step. ``which``: the encoder (online/target) whose embeddings
+    are decoded; None = the one the decoder was fit on (``decoder.json``), else target.
+    Returns the GIF path, frame and control-tick counts, and per-plan-step decoded-vs-real errors
+    (frame MSE in [0, 1]^2 when both the model and the decoder have frames, else range MAE in m).
+    Raises DecoderError for a missing or mismatched run/decoder (see :func:`check_decoder_matches`).
     """
     from PIL import Image
 
     from edge.sim.env import BatchSim, SimConfig
     from training.planner import MPCController
 
-    model = load_frozen(run_dir, which)
+    if chunks < 1 or scale < 1:
+        raise DecoderError(f"imagine needs chunks >= 1 and scale >= 1, got chunks={chunks}, scale={scale}")
     dec = load_decoder(decoder_dir)
-    if dec.cfg.embed_dim != model.config.model.embed_dim:
-        raise DecoderError(f"decoder is for E={dec.cfg.embed_dim}, the run embeds to E={model.config.model.embed_dim}")
+    meta = decoder_meta(decoder_dir)
+    which = which or meta.get("encoder") or "target"
+    model = load_frozen(run_dir, which)
+    check_decoder_matches(dec, meta, decoder_dir, run_dir, model.config, which)
+    planner = planner if planner is not None else model.config.planner
+    repeat = model.config.data.action_repeat
     sim_cfg = SimConfig()
     sim = BatchSim(sim_cfg, 1, camera=model.camera, seed=seed)
     obs = sim.reset(seed=seed, mode="evaluate")
     rng = np.random.default_rng(seed + 1)
     goal_obs = sim.observe_at(np.concatenate([sim.goal, rng.uniform(-np.pi, np.pi, (1, 1))], axis=-1))
     z_goal = embed(model, goal_obs["sensor"], goal_obs.get("frame"))
-    ctl = MPCController(model.predictor, model.config.planner, batch=1, seed=seed)
-    frames_out, errs = [], []
+    ctl = MPCController(model.predictor, planner, batch=1, seed=seed, action_repeat=repeat)
+    frames_out, errs, steps_of = [], [], []
     max_r = dec.cfg.max_range
+    ticks, done = 0, False
     for _ in range(chunks):
         z = embed(model, obs["sensor"], obs.get("frame"))
         ctl.act(z, z_goal)
@@ -348,7 +421,12 @@ def imagine(run_dir: str | Path, decoder_dir: str | Path, out_gif: str | Path, s
         z_pred, _ = model.predictor.unroll(z, plan)  # [1, H, E]
         decoded = dec(z_pred[0])
         for t in range(plan.shape[1]):
-            obs, info = sim.step(plan[:, t].numpy())
+            for _ in range(repeat):  # one predictor step = action_repeat control ticks
+                obs, info = sim.step(plan[:, t].numpy())
+                ticks += 1
+                done = bool(info["success"][0])
+                if done:
+                    break
             if model.camera and dec.cfg.frames:
                 real = obs["frame"][0]
                 fake = (decoded["frame"][t].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
@@ -357,21 +435,24 @@ def imagine(run_dir: str | Path, decoder_dir: str | Path, out_gif: str | Path, s
                 real = scan_image(obs["ranges"][0], max_r, color=(0, 0, 0))
                 fake = scan_image(decoded["ranges"][t].numpy(), max_r)
                 errs.append(float(np.abs(np.nan_to_num(obs["ranges"][0], nan=max_r) - decoded["ranges"][t].numpy()).mean()))
+            steps_of.append(t)
             pair = np.concatenate([real, np.full((real.shape[0], 2, 3), 255, np.uint8), fake], axis=1)
             frames_out.append(np.kron(pair, np.ones((scale, scale, 1), np.uint8)))
-            if info["success"][0]:
+            if done:
                 break
         ctl.reset()  # the whole plan was executed: plan afresh
-        if info["success"][0]:
+        if done:
             break
     out = Path(out_gif)
     out.parent.mkdir(parents=True, exist_ok=True)
     imgs = [Image.fromarray(f) for f in frames_out]
     imgs[0].save(out, save_all=True, append_images=imgs[1:], duration=120, loop=0, optimize=True)
-    h = model.config.planner.horizon
-    per_step = [float(np.mean(errs[i::h])) for i in range(min(h, len(errs)))]
-    return {"gif": str(out), "frames": len(frames_out), "error_kind": "frame_mse" if model.camera and dec.cfg.frames
-            else "range_mae_m", "error_by_plan_step": per_step, "error_mean": float(np.mean(errs))}
+    errs_a, steps_a = np.array(errs), np.array(steps_of)
+    per_step = [float(errs_a[steps_a == i].mean()) for i in range(int(steps_a.max()) + 1)]
+    return {"gif": str(out), "frames": len(frames_out), "control_ticks": ticks, "action_repeat": repeat,
+            "encoder": which, "reached_goal": done,
+            "error_kind": "frame_mse" if model.camera and dec.cfg.frames else "range_mae_m",
+            "error_by_plan_step": per_step, "error_mean": float(errs_a.mean())}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -391,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("--out", required=True, help="GIF path")
     i.add_argument("--seed", type=int, default=1000)
     i.add_argument("--chunks", type=int, default=4, help="plans executed one after another")
-    i.add_argument("--encoder", choices=ENCODER_CHOICES, default="target")
+    i.add_argument("--encoder", choices=ENCODER_CHOICES, help="default: the encoder the decoder was fit on")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     try:
@@ -402,7 +483,8 @@ def main(argv: list[str] | None = None) -> int:
             obs = load_observations(args.data or model.config.data.path, model.camera, args.max_frames)
             dec, m = train_decoder(model, obs, DecoderTrainConfig(epochs=args.epochs, max_frames=args.max_frames),
                                    max_range=SimConfig().ranges.max_range)
-            save_decoder(args.out, dec, {"run": str(args.run_dir), "encoder": args.encoder, "metrics": m})
+            save_decoder(args.out, dec, {"run": str(args.run_dir), "encoder": args.encoder,
+                                         "run_weights_sha256": run_fingerprint(args.run_dir), "metrics": m})
             msg = f"held-out range MAE {m['heldout_range_mae_m']:.3f} m (mean baseline {m['baseline_mean_range_mae_m']:.3f})"
             if "heldout_frame_mse" in m:
                 msg += (f"; frame MSE {m['heldout_frame_mse']:.4f} = {m['heldout_frame_psnr_db']:.1f} dB "

@@ -4,6 +4,7 @@ Example::
 
     python -m training.evaluate runs/sensor_default --episodes 100 --gifs 3
     python -m training.evaluate runs/sensor_default planner.samples=128 planner.iterations=2 --no-diagnostics
+    python -m training.evaluate runs/cam_ijepa --imagine runs/decoder_cam        # -> runs/cam_ijepa/eval/imagine.gif
 
 Planning: ``--episodes`` two-rooms episodes with random walls, start and goal in different
 rooms (``BatchSim.reset(mode="evaluate")``), all stepped together; the torch reference MPPI/CEM
@@ -18,6 +19,16 @@ calibration (Spearman rank correlation of predicted vs realised error, binned pl
 
 Writes ``OUT/eval.json``, ``OUT/episode_*.gif``, ``OUT/calibration.png``, ``OUT/error_vs_horizon.png``
 (``OUT`` defaults to ``RUN_DIR/eval``).
+
+Imagine (``--imagine DECODER_DIR``, a state decoder from ``python -m training.decoder train``):
+from the start of an evaluation episode (``--seed``), plan with the reference MPPI (the run's
+planner config plus the overrides), execute each plan open loop, and write a GIF
+(``--imagine-out``, default ``OUT/imagine.gif``) with, per plan step, the real camera frame (or
+range scan, drawn from above) on the left and the one decoded from the predictor's imagined
+embedding on the right, plus ``imagine.json`` beside it (decoded-vs-real error per plan step).
+With ``--imagine`` the planning episodes and diagnostics are skipped unless ``--episodes`` is
+given. A decoder fit on another model (embedding size, encoder, or weights fingerprint) is
+refused with exit code 2.
 """
 
 from __future__ import annotations
@@ -37,6 +48,7 @@ from tqdm import tqdm
 from training.checkpoint import CheckpointError, WorldModel, load_world_model
 from training.config import Config, ConfigError, config_from_dict, parse_overrides, _merge
 from training.data import DataError, WindowTensors, load_windows
+from training.decoder import ENCODER_CHOICES, DecoderError, imagine
 from training.jepa import pose4_from_sensor
 from training.planner import MPCController, plan
 
@@ -296,6 +308,24 @@ def evaluate(run_dir: str | Path, overrides: list[str] | None = None, out_dir: s
     return report
 
 
+def imagine_plans(run_dir: str | Path, decoder_dir: str | Path, out_gif: str | Path, overrides: list[str] | None = None,
+                  plans: int = 4, encoder: str | None = None, seed: int | None = None) -> dict:
+    """Real vs decoded-imagined GIF along plans (``training.decoder.imagine``) with edge-eval's config overrides.
+
+    ``seed`` defaults to the resolved ``eval.seed``. Writes ``out_gif`` and ``out_gif`` with a
+    ``.json`` suffix (the returned metrics). Raises ConfigError, CheckpointError, DecoderError.
+    """
+    from training.checkpoint import load_config_json
+
+    cfg = config_from_dict(_merge(load_config_json(run_dir).to_dict(), parse_overrides(overrides or [])))
+    torch.set_num_threads(cfg.train.threads)
+    result = imagine(run_dir, decoder_dir, out_gif, seed=cfg.eval.seed if seed is None else seed, chunks=plans,
+                     which=encoder, planner=cfg.planner)
+    result.update({"run": str(run_dir), "decoder": str(decoder_dir), "planner": dataclasses.asdict(cfg.planner)})
+    Path(out_gif).with_suffix(".json").write_text(json.dumps(result, indent=2))
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="edge-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", help="run folder written by edge-train (model.safetensors + config.json)")
@@ -308,19 +338,45 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--goal-headings", type=int, default=1,
                         help="goal embedding = mean over K headings at the goal (default 1: one random heading)")
     parser.add_argument("--no-diagnostics", action="store_true", help="skip the held-out embedding diagnostics")
+    parser.add_argument("--imagine", metavar="DECODER_DIR",
+                        help="write a GIF of real vs decoded imagined observations along plans, using the state decoder "
+                             "in DECODER_DIR (python -m training.decoder train); skips the planning episodes and "
+                             "diagnostics unless --episodes is given")
+    parser.add_argument("--imagine-out", metavar="GIF", help="GIF path for --imagine (default OUT/imagine.gif)")
+    parser.add_argument("--imagine-plans", type=int, default=4, help="plans executed one after another in the GIF (default 4)")
+    parser.add_argument("--imagine-encoder", choices=ENCODER_CHOICES,
+                        help="encoder whose embeddings are decoded (default: the one the decoder was fit on)")
     args = parser.parse_intermixed_args(argv)
     overrides = list(args.overrides)
     for flag, key in (("episodes", "eval.episodes"), ("max_steps", "eval.max_steps"), ("seed", "eval.seed"), ("gifs", "eval.gifs")):
         if getattr(args, flag) is not None:
             overrides.append(f"{key}={getattr(args, flag)}")
+    episodes = args.imagine is None or args.episodes is not None
     try:
         if args.goal_headings < 1:
             raise ConfigError(f"--goal-headings must be >= 1, got {args.goal_headings}")
-        report = evaluate(args.run_dir, overrides, args.out, diagnose=not args.no_diagnostics,
-                          goal_headings=args.goal_headings)
-    except (ConfigError, CheckpointError, DataError) as e:
+        if args.imagine is not None and args.imagine_plans < 1:
+            raise ConfigError(f"--imagine-plans must be >= 1, got {args.imagine_plans}")
+        if args.imagine is not None and not Path(args.imagine).exists():
+            raise DecoderError(f"--imagine {args.imagine}: no such decoder folder; train one with "
+                               f"python -m training.decoder train {args.run_dir} --out {args.imagine}")
+        if args.imagine is not None:  # first: a mismatched decoder is refused before minutes of episodes
+            gif = Path(args.imagine_out) if args.imagine_out else Path(args.out or Path(args.run_dir) / "eval") / "imagine.gif"
+            r = imagine_plans(args.run_dir, args.imagine, gif, overrides, args.imagine_plans, args.imagine_encoder)
+            print(f"imagine: wrote {r['gif']} ({r['frames']} plan steps, {r['control_ticks']} control ticks; "
+                  f"left real, right decoded from the {r['encoder']} encoder's imagined embedding); decoded-vs-real "
+                  f"{r['error_kind']} step 1 {r['error_by_plan_step'][0]:.4f}, step {len(r['error_by_plan_step'])} "
+                  f"{r['error_by_plan_step'][-1]:.4f}")
+        if episodes:
+            _print_report(evaluate(args.run_dir, overrides, args.out, diagnose=not args.no_diagnostics,
+                                   goal_headings=args.goal_headings))
+    except (ConfigError, CheckpointError, DataError, DecoderError) as e:
         print(f"edge-eval: error: {e}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _print_report(report: dict) -> None:
     p = report["planning"]
     lo, hi = p["success_ci95"]
     print(f"success {p['successes']}/{p['episodes']} = {p['success_rate']:.1%} (95% CI {lo:.1%}-{hi:.1%}); "
@@ -331,7 +387,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"probe R2 x {d.get('probe_r2_x', float('nan')):.3f} y {d.get('probe_r2_y', float('nan')):.3f}; "
               f"pred err rel step1 {d['pred_error_vs_horizon_relative'][0]:.4f} stepK {d['pred_error_vs_horizon_relative'][-1]:.4f}; "
               f"confidence Spearman {d['confidence_spearman']:.3f}")
-    return 0
 
 
 if __name__ == "__main__":
