@@ -13,7 +13,8 @@ from __future__ import annotations
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import cv2
 import numpy as np
@@ -21,6 +22,43 @@ import numpy as np
 
 class CameraError(RuntimeError):
     """The camera could not be opened or stopped delivering frames."""
+
+
+#: How this runtime turns a camera image into the encoder's input (:func:`to_model_frame`), in the
+#: vocabulary of the ``encoders.camera.preprocessing`` entry that I-JEPA bundles carry.
+RUNTIME_RESIZE = "area"
+RUNTIME_CHANNEL_ORDER = "RGB"
+
+
+def check_camera_preprocessing(preprocessing: Mapping[str, Any] | None, width: int, height: int) -> None:
+    """Refuse a camera encoder pretrained on frames other than this runtime feeds it.
+
+    ``preprocessing``: the bundle manifest's ``encoders.camera.preprocessing`` (``image_size``,
+    ``resize``, ``channel_order``; ``mean``/``std`` are applied inside the graph), or None for
+    bundles that record none (the contract: 64 x 64 RGB, area resize). ``width``/``height``:
+    the frame size the runtime hands the encoder (``camera.width/height``). The runtime always
+    resizes with OpenCV INTER_AREA (``area``; ``none`` = frames taken at the model size are also
+    accepted) and feeds RGB. Raises :class:`CameraError` naming each differing field, both
+    values and the fix.
+    """
+    if preprocessing is None:
+        return
+    problems = []
+    size = preprocessing.get("image_size")
+    if size is not None and (int(size), int(size)) != (width, height):
+        problems.append(f"image_size: the bundle's camera encoder takes {size}x{size} frames, camera.width/height "
+                        f"give {width}x{height} (set camera.width={size} camera.height={size})")
+    resize = preprocessing.get("resize", RUNTIME_RESIZE)
+    if resize not in (RUNTIME_RESIZE, "none"):
+        problems.append(f"resize: the bundle's encoder was pretrained on {resize!r}-resized frames, this runtime "
+                        f"resizes with {RUNTIME_RESIZE!r} (OpenCV INTER_AREA)")
+    order = preprocessing.get("channel_order", RUNTIME_CHANNEL_ORDER)
+    if order != RUNTIME_CHANNEL_ORDER:
+        problems.append(f"channel_order: the bundle's encoder was pretrained on {order} frames, this runtime feeds "
+                        f"{RUNTIME_CHANNEL_ORDER}")
+    if problems:
+        raise CameraError("camera preprocessing mismatch: " + "; ".join(problems)
+                          + ". Pretrain with the runtime's preprocessing (resize 'area', RGB) and re-export the bundle")
 
 
 class CameraSource(ABC):

@@ -150,6 +150,14 @@ def open_backend(cfg: RunConfig):
     from edge.bundle import load_bundle
 
     bundle = load_bundle(resolve_bundle_path(cfg.bundle))
+    if bundle.planner.encoder == "camera":
+        from edge.camera import CameraError, check_camera_preprocessing
+
+        try:
+            check_camera_preprocessing(bundle.manifest["encoders"]["camera"].get("preprocessing"),
+                                       cfg.camera.width, cfg.camera.height)
+        except CameraError as e:
+            raise UserError(f"bundle {bundle.path}: {e}") from e
     return make_backend(bundle, cfg.device, cfg.precision)
 
 

@@ -203,3 +203,32 @@ def test_cli_errors_are_one_line_with_exit_2(tmp_path, capsys):
     assert head_main(["export", "--head", str(tmp_path / "nohead"), "--bundle", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not found: train a head first" in err
+
+
+
+def test_finetuning_trains_the_pretrained_vit_at_the_lower_encoder_learning_rate(pretrained, tmp_path):
+    """Fine-tuning at ijepa.encoder_lr_scale = 0.1 moves the online ViT from its pretrained weights far less than at
+    1.0 (Adam steps scale with the learning rate), but it does move (fine-tuned, not frozen)."""
+    from safetensors.torch import load_file
+
+    from edge.sim.collect import main as collect
+    from training.checkpoint import MODEL_FILE
+    from training.config import config_from_dict
+    from training.pretrain import WorldOptions, load_pretrained, train_world
+
+    out, _, _ = pretrained
+    data = tmp_path / "cam"
+    assert collect(["--episodes", "4", "--steps", "12", "--out", str(data), "--camera", "--shard-episodes", "4"]) == 0
+    start = load_pretrained(out).target
+    moved = {}
+    for scale in (0.1, 1.0):
+        run = tmp_path / f"run_{scale}"
+        cfg = config_from_dict({"preset": "tiny", "model": {"kind": "camera"}, "objective": {"horizon": 2},
+                                "data": {"path": str(data), "with_frames": True, "val_fraction": 0.25},
+                                "train": {"epochs": 1, "batch_size": 4, "out_dir": str(run), "progress": False,
+                                          "threads": 1, "lr": 0.01}})
+        train_world(cfg, WorldOptions(checkpoint=str(out), freeze_encoder=False, encoder_lr_scale=scale, stride=4))
+        w = load_file(str(run / MODEL_FILE))
+        moved[scale] = float(torch.stack([(w[f"encoder.vit.{k}"] - v).abs().mean()
+                                          for k, v in start.items() if v.is_floating_point()]).mean())
+    assert 1e-6 < moved[0.1] < 0.3 * moved[1.0]
