@@ -143,3 +143,21 @@ def test_cli_imagine_refuses_bad_decoder_dir_with_exit_2(runs, tmp_path, capsys,
     assert err.startswith("edge-eval: error:") and message in err and err.count("\n") == 1
     assert "train" in err  # names the fix
     assert not (tmp_path / "imagine.gif").exists()
+
+
+def test_decoder_train_cli_records_the_run_fingerprint_that_imagine_checks(runs, tmp_path, capsys):
+    """`decoder train` stores the encoder and the sha256 of the run's weights; edge-eval --imagine accepts that decoder
+    for its run and refuses it for another run of the same embedding size."""
+    from edge.sim.collect import main as collect
+    from training.decoder import main as decoder_main
+
+    data = tmp_path / "data"
+    assert collect(["--episodes", "2", "--steps", "20", "--out", str(data), "--shard-episodes", "2"]) == 0
+    dec = tmp_path / "dec"
+    assert decoder_main(["train", str(runs["run"]), "--out", str(dec), "--data", str(data), "--epochs", "1"]) == 0
+    meta = json.loads((dec / "decoder.json").read_text())
+    assert meta["encoder"] == "target" and meta["run_weights_sha256"] == run_fingerprint(runs["run"])
+    assert main([str(runs["run"]), "--imagine", str(dec), "--imagine-plans", "1", "--out", str(tmp_path / "a")]) == 0
+    capsys.readouterr()
+    assert main([str(runs["other"]), "--imagine", str(dec), "--imagine-plans", "1", "--out", str(tmp_path / "b")]) == 2
+    assert "another model's embeddings" in capsys.readouterr().err
