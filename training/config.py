@@ -75,14 +75,21 @@ class ObjectiveConfig:
     idm: float = 1.0  # inverse dynamics (action from consecutive embeddings)
     temporal: float = 1.0  # temporal similarity ||z_t - z_t+1||^2 (makes embedding distance track time-to-reach)
     confidence: float = 1.0  # confidence head regression onto the realised (detached) error
+    distance: float = 0.0  # temporal-distance objective: same-episode pairs pushed apart under a one-step bound (embedding distance ~ time to reach, around walls)
+    distance_step: float = 0.25  # max embedding distance one predictor step may move
+    distance_cap: float = 8.0  # pair distance where the push saturates (> longest trip in steps * distance_step)
+    distance_local: float = 10.0  # weight of the one-step constraint relative to the push
 
     def __post_init__(self) -> None:
         _check(self.target_mode in TARGET_MODES, "objective.target_mode", f"must be one of {TARGET_MODES}, got {self.target_mode!r}")
         _check(self.horizon >= 1, "objective.horizon", f"must be >= 1, got {self.horizon}")
         _check(0.0 <= self.ema_momentum < 1.0, "objective.ema_momentum", f"must be in [0, 1), got {self.ema_momentum}")
         _check(0.0 <= self.center_momentum < 1.0, "objective.center_momentum", f"must be in [0, 1), got {self.center_momentum}")
-        for name in ("pred", "variance", "covariance", "barlow", "barlow_lambda", "centering", "idm", "temporal", "confidence"):
+        for name in ("pred", "variance", "covariance", "barlow", "barlow_lambda", "centering", "idm", "temporal", "confidence",
+                     "distance", "distance_local"):
             _check(getattr(self, name) >= 0.0, f"objective.{name}", f"must be >= 0, got {getattr(self, name)}")
+        for name in ("distance_step", "distance_cap"):
+            _check(getattr(self, name) > 0.0, f"objective.{name}", f"must be > 0, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ once into tensors and batched by index (much faster on a CPU than a per-item Dat
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -51,6 +51,8 @@ class WindowTensors:
     """
 
     tensors: dict[str, torch.Tensor]
+    episode: torch.Tensor | None = None  # [W] int64 episode id of each window (enables partner sampling)
+    _by_episode: tuple | None = field(default=None, init=False, repr=False)
 
     def __len__(self) -> int:
         return int(self.tensors["sensor"].shape[0])
@@ -59,20 +61,53 @@ class WindowTensors:
     def k(self) -> int:
         return int(self.tensors["action"].shape[1])
 
-    def batch(self, idx: torch.Tensor, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-        """The windows ``idx`` as a model batch (frames become float ``[B, k+1, 3, 64, 64]`` in [0, 1])."""
+    def batch(self, idx: torch.Tensor, device: str | torch.device = "cpu", partners: bool = False,
+              generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """The windows ``idx`` as a model batch (frames become float ``[B, k+1, 3, 64, 64]`` in [0, 1]).
+
+        With ``partners``, also ``partner_sensor [B, 14]`` (and ``partner_frame [B, 3, 64, 64]``):
+        the first observation of a random window of the *same episode* as each window (same
+        layout, any time), the far pairs of the temporal-distance objective.
+        """
         out = {}
         for key, t in self.tensors.items():
             v = t[idx]
             if key == "frame":
                 v = v.permute(0, 1, 4, 2, 3).float().div_(255.0)
             out[key] = v.to(device, non_blocking=True)
+        if partners:
+            p = self.partner_index(idx, generator)
+            out["partner_sensor"] = self.tensors["sensor"][p, 0].to(device, non_blocking=True)
+            if "frame" in self.tensors:
+                out["partner_frame"] = self.tensors["frame"][p, 0].permute(0, 3, 1, 2).float().div_(255.0).to(device)
         return out
+
+    def partner_index(self, idx: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """For each window in ``idx``, a uniformly random window of the same episode (possibly itself)."""
+        if self.episode is None:
+            raise DataError("these windows carry no episode ids, so same-episode partners cannot be drawn "
+                            "(load them with training.data.load_windows, or set objective.distance=0)")
+        if self._by_episode is None:
+            order = torch.argsort(self.episode, stable=True)
+            _, counts = torch.unique_consecutive(self.episode[order], return_counts=True)
+            starts = torch.cumsum(counts, 0) - counts
+            # rank of each window's episode among the sorted unique episodes
+            ep_rank = torch.empty_like(self.episode)
+            ep_rank[order] = torch.repeat_interleave(torch.arange(len(counts)), counts)
+            self._by_episode = (order, starts, counts, ep_rank)
+        order, starts, counts, ep_rank = self._by_episode
+        idx = torch.as_tensor(idx)
+        r = ep_rank[idx]
+        u = torch.rand(len(idx), generator=generator)
+        off = (u * counts[r]).long().clamp_max(counts[r] - 1)
+        return order[starts[r] + off]
 
     def iter_batches(self, batch_size: int, generator: torch.Generator | None = None, rank: int = 0,
                      world_size: int = 1, shuffle: bool = True, limit: int = 0,
-                     device: str | torch.device = "cpu") -> Iterator[dict[str, torch.Tensor]]:
-        """Batches over this rank's share of a (seeded) permutation; every rank gets the same count."""
+                     device: str | torch.device = "cpu", partners: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+        """Batches over this rank's share of a (seeded) permutation; every rank gets the same count.
+
+        ``partners``: add same-episode partner observations (see :meth:`batch`)."""
         n = len(self)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
         if limit:
@@ -80,7 +115,7 @@ class WindowTensors:
         per_rank = len(order) // world_size
         order = order[rank * per_rank : (rank + 1) * per_rank]
         for start in range(0, per_rank - batch_size + 1 if per_rank >= batch_size else 1, batch_size):
-            yield self.batch(order[start : start + batch_size], device)
+            yield self.batch(order[start : start + batch_size], device, partners, generator)
 
     def num_batches(self, batch_size: int, world_size: int = 1, limit: int = 0) -> int:
         n = min(len(self), limit) if limit else len(self)
@@ -108,7 +143,9 @@ def split_windows(tensors: dict[str, torch.Tensor], val_fraction: float, episode
         is_val[n - n_val :] = True
     tr = {k: v[~is_val] for k, v in tensors.items()}
     va = {k: v[is_val] for k, v in tensors.items()}
-    return WindowTensors(tr), WindowTensors(va)
+    if episode is None:
+        return WindowTensors(tr), WindowTensors(va)
+    return WindowTensors(tr, episode[~is_val]), WindowTensors(va, episode[is_val])
 
 
 def repeat_actions(tensors: dict[str, np.ndarray | torch.Tensor], r: int) -> dict[str, np.ndarray | torch.Tensor]:

@@ -32,6 +32,7 @@ from training.losses import (
     ConfidenceLoss,
     InverseDynamicsLoss,
     PredictionLoss,
+    TemporalDistanceLoss,
     TemporalSimilarityLoss,
     VICRegLoss,
 )
@@ -81,6 +82,8 @@ class JEPA(nn.Module):
         self.vicreg = VICRegLoss(w_var=o.variance, w_cov=o.covariance)
         self.barlow = BarlowTwinsLoss(lambd=o.barlow_lambda) if o.barlow > 0 else None
         self.centering = CenteringLoss(cfg.model.embed_dim, momentum=o.center_momentum) if o.centering > 0 else None
+        self.distance_loss = (TemporalDistanceLoss(o.distance_step, o.distance_cap, o.distance_local)
+                              if o.distance > 0 else None)
         self.idm = InverseDynamicsLoss(InverseDynamicsHead(cfg.model.embed_dim, cfg.model.idm_hidden)) if o.idm > 0 else None
 
     # -- encoders -------------------------------------------------------------------------
@@ -161,6 +164,17 @@ class JEPA(nn.Module):
             l_c, p = self.centering(z_pred.reshape(-1, e), target.reshape(-1, e))
             parts.update(p)
             total = total + o.centering * l_c
+        if self.distance_loss is not None:
+            if "partner_sensor" not in batch:
+                raise ValueError("objective.distance > 0 needs same-episode partners in the batch "
+                                 "(WindowTensors.iter_batches(..., partners=True))")
+            partner = {"sensor": batch["partner_sensor"]}
+            if "partner_frame" in batch:
+                partner["frame"] = batch["partner_frame"]
+            z_partner = self.encode_online(partner)  # [B, E]
+            l_dist, p = self.distance_loss(z_on, z_on[:, 0], z_partner)
+            parts.update(p)
+            total = total + o.distance * l_dist
         if self.idm is not None:
             l_idm, p = self.idm(z_on[:, :-1].reshape(-1, e), z_on[:, 1:].reshape(-1, e), action.reshape(-1, action.shape[-1]))
             parts.update(p)

@@ -131,6 +131,40 @@ class TemporalSimilarityLoss(nn.Module):
         return loss, {"temporal": loss.detach()}
 
 
+class TemporalDistanceLoss(nn.Module):
+    """Embedding distance that tracks time-to-reach: a symmetric (Euclidean) form of the
+    quasimetric RL objective (Wang et al., 2023, "Optimal goal-reaching RL via quasimetric learning").
+
+    Maximise the distance between observations of the same episode (same walls, any two times),
+    saturating at ``cap``, subject to one predictor step moving the embedding at most ``step``::
+
+        local  = mean_{b,t} relu(||z_{t+1} - z_t|| - step)^2 / step^2      (the one-step constraint)
+        spread = mean_b softplus(cap - ||z_a - z_b||)                        (push same-episode pairs apart)
+        loss   = w_local * local + spread
+
+    The largest distances that respect the constraint are shortest-path lengths (in steps, times
+    ``step``): two points on either side of a wall end up as far apart as the way round through
+    the door, so a planner minimising embedding distance to a goal heads for the door instead of
+    pressing against the wall. ``cap`` should exceed the longest trip in steps times ``step``.
+    """
+
+    def __init__(self, step: float = 0.25, cap: float = 8.0, w_local: float = 10.0):
+        super().__init__()
+        if not (step > 0 and cap > 0 and w_local >= 0):
+            raise ValueError(f"TemporalDistanceLoss needs step > 0, cap > 0, w_local >= 0; got {step}, {cap}, {w_local}")
+        self.step, self.cap, self.w_local = step, cap, w_local
+
+    def forward(self, z_seq: torch.Tensor, z_a: torch.Tensor, z_b: torch.Tensor) -> tuple[torch.Tensor, Parts]:
+        """``z_seq [B, T+1, E]`` consecutive embeddings; ``z_a, z_b [N, E]`` same-episode pairs."""
+        d_step = torch.linalg.vector_norm(z_seq[:, 1:] - z_seq[:, :-1], dim=-1)
+        local = F.relu(d_step - self.step).pow(2).mean() / (self.step * self.step)
+        d_pair = torch.linalg.vector_norm(z_a - z_b, dim=-1)
+        spread = F.softplus(self.cap - d_pair).mean()
+        loss = self.w_local * local + spread
+        return loss, {"dist_local": local.detach(), "dist_spread": spread.detach(),
+                      "dist_pair_mean": d_pair.mean().detach(), "dist_step_mean": d_step.mean().detach()}
+
+
 class ConfidenceLoss(nn.Module):
     """Regresses the confidence head onto the realised squared error (detached).
 

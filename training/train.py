@@ -53,7 +53,9 @@ def validate(model: JEPA, val: WindowTensors, cfg: Config, device: str, max_batc
     sums: dict[str, float] = {}
     count = 0
     embeds = []
-    for i, batch in enumerate(val.iter_batches(cfg.train.batch_size, shuffle=False, device=device)):
+    partners = cfg.objective.distance > 0
+    g = torch.Generator().manual_seed(0)
+    for i, batch in enumerate(val.iter_batches(cfg.train.batch_size, g, shuffle=False, device=device, partners=partners)):
         if i >= max_batches:
             break
         _, parts = model(batch)
@@ -171,7 +173,8 @@ def _train(cfg: Config, resume: bool, data, rank: int, world: int, device: str, 
         g = torch.Generator().manual_seed(cfg.train.seed * 1000 + epoch)
         sums: dict[str, float] = {}
         n = 0
-        bar = tqdm(train_set.iter_batches(cfg.train.batch_size, g, rank, world, limit=cfg.data.max_windows, device=device),
+        bar = tqdm(train_set.iter_batches(cfg.train.batch_size, g, rank, world, limit=cfg.data.max_windows, device=device,
+                                           partners=cfg.objective.distance > 0),
                    total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
                    disable=(rank != 0 or not cfg.train.progress), leave=False)
         for batch in bar:
