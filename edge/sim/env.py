@@ -21,7 +21,7 @@ from edge.sim.robot import RobotBatch, RobotConfig
 from edge.sim.sensors import RangeConfig, read_ranges
 from edge.sim.world import Layout, WorldConfig, room_of, sample_in_room, sample_layouts, segments
 
-MODES = ("explore", "evaluate")
+MODES = ("explore", "evaluate", "same_room")
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,8 @@ class BatchSim:
 
         Args:
             seed: reseed the generator (same seed -> same episodes).
-            mode: ``"explore"`` (start and goal in random rooms) or ``"evaluate"`` (goal in the
+            mode: ``"explore"`` (start and goal in random rooms), ``"same_room"`` (goal in the
+                start's room: no door to find) or ``"evaluate"`` (goal in the
                 other room than the start, as in planning evaluation).
             layout: fixed layouts (length ``B``) instead of sampling.
             start: start poses ``[B, 3]`` instead of sampling.
@@ -135,7 +136,12 @@ class BatchSim:
         start = np.asarray(start, dtype=np.float64).reshape(b, 3)
         if goal is None:
             start_room = room_of(self.layout, start[:, :2])
-            goal_room = 1 - start_room if mode == "evaluate" else rng.integers(0, 2, size=b)
+            if mode == "evaluate":
+                goal_room = 1 - start_room
+            elif mode == "same_room":
+                goal_room = start_room
+            else:
+                goal_room = rng.integers(0, 2, size=b)
             goal = sample_in_room(cfg.world, self.layout, goal_room, cfg.clearance, rng)
         self.goal = np.asarray(goal, dtype=np.float64).reshape(b, 2).copy()
         self.robot = RobotBatch(cfg.robot, start)

@@ -68,6 +68,15 @@ def test_evaluate_end_to_end_writes_report_and_gif(tiny_run, tmp_path):
     assert (tmp_path / "calibration.png").is_file()
 
 
+def test_evaluate_goal_room_same_reported(tiny_run, tmp_path):
+    """--goal-room same is recorded in the report; an unknown goal room is refused."""
+    out, (_, val) = tiny_run
+    rep = evaluate(out, ["eval.seed=5", "eval.gifs=0"], tmp_path, diagnose=False, progress=False, goal_room="same")
+    assert rep["goal_room"] == "same" and rep["planning"]["episodes"] == 2
+    with pytest.raises(ValueError, match="goal_room"):
+        evaluate(out, ["eval.gifs=0"], tmp_path, diagnose=False, progress=False, goal_room="kitchen")
+
+
 def test_cli_bad_run_dir(tmp_path, capsys):
     """A folder without a checkpoint exits 2 with a one-line error."""
     assert main([str(tmp_path)]) == 2

@@ -81,7 +81,8 @@ def test_sample_in_room_keeps_clearance_and_room():
 
 
 def test_evaluation_goal_is_in_other_room():
-    """In evaluate mode the goal is in the other room than the start, for every episode."""
+    """In evaluate mode the goal is in the other room than the start, for every episode; in
+    same_room mode always in the start's room; explore mixes both."""
     from edge.sim.env import BatchSim
 
     sim = BatchSim(SimConfig(), 200, seed=4)
@@ -90,3 +91,5 @@ def test_evaluation_goal_is_in_other_room():
     sim.reset(mode="explore")
     same = room_of(sim.layout, sim.robot.pose[:, :2]) == room_of(sim.layout, sim.goal)
     assert 0.2 < same.mean() < 0.8
+    sim.reset(mode="same_room")
+    assert np.all(room_of(sim.layout, sim.robot.pose[:, :2]) == room_of(sim.layout, sim.goal))
