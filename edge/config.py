@@ -205,6 +205,7 @@ class SimConfig:
     seed: int | None = None          # episode layouts and noise; None -> random
     fixed_layout: bool = False       # same wall/door every episode
     episodes: int = 1                # goal-reaching episodes to run one after the other
+    goal_room: str = "other"         # other: goal behind the dividing wall (find the door); same: in the start room
     max_steps: int = 300             # control ticks per episode before it counts as failed (the sim's budget)
     time_scale: float = 1.0          # >1 runs the simulated robot faster than real time
     gif: bool = True                 # write run.gif (top-down view with the planned path)
@@ -214,6 +215,7 @@ class SimConfig:
         _require(self.seed is None or (isinstance(self.seed, int) and self.seed >= 0), "sim.seed",
                  "must be an integer >= 0 or null")
         _require(isinstance(self.episodes, int) and self.episodes >= 1, "sim.episodes", "must be >= 1")
+        _require(self.goal_room in ("other", "same"), "sim.goal_room", f"must be 'other' or 'same', got {self.goal_room!r}")
         _require(isinstance(self.max_steps, int) and self.max_steps >= 1, "sim.max_steps", "must be >= 1")
         _finite_pos(self.time_scale, "sim.time_scale")
 

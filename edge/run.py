@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, metavar="HZ", help="control rate (default 20)")
     p.add_argument("--duration", type=float, metavar="S", help="stop after this many seconds")
     p.add_argument("--episodes", type=int, metavar="N", help="--sim: goal-reaching episodes to run")
+    p.add_argument("--goal-room", choices=("other", "same"),
+                   help="--sim: other (default) puts each goal behind the dividing wall, so the robot must find "
+                        "the door; same puts it in the start room")
     p.add_argument("--seed", type=int, help="--sim: seed of the episodes")
     p.add_argument("--time-scale", type=float, metavar="X", help="--sim: run the simulated robot X times faster")
     p.add_argument("--goal", metavar="FILE", help="goal file saved with --save-goal")
@@ -112,6 +115,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     if args.sim:
         put("sim.enabled", True)
     put("sim.episodes", args.episodes)
+    put("sim.goal_room", args.goal_room)
     put("sim.seed", args.seed)
     put("sim.time_scale", args.time_scale)
     put("goal.file", args.goal)

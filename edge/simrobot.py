@@ -132,7 +132,8 @@ def _serve(shm_name: str, cfg: RunConfig, seed: int, proto: Any) -> None:
     try:
         shared = np.ndarray((SHARED_LEN,), dtype=np.float64, buffer=shm.buf)
         try:
-            esp = SimulatedESP32(sim_config(cfg), seed=seed, time_scale=cfg.sim.time_scale, mode="evaluate",
+            mode = "evaluate" if cfg.sim.goal_room == "other" else "same_room"
+            esp = SimulatedESP32(sim_config(cfg), seed=seed, time_scale=cfg.sim.time_scale, mode=mode,
                                  camera=False)
             if cfg.goal.pose is not None:
                 esp.set_goal(cfg.goal.pose[:2])
@@ -156,7 +157,7 @@ def _serve(shm_name: str, cfg: RunConfig, seed: int, proto: Any) -> None:
                 try:
                     esp.check()
                     if req.startswith("reset "):
-                        esp.reset_episode(int(req.split()[1]), mode="evaluate")
+                        esp.reset_episode(int(req.split()[1]), mode=mode)
                         if cfg.goal.pose is not None:
                             esp.set_goal(cfg.goal.pose[:2])
                         pose = esp.start_pose

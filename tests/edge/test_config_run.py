@@ -51,6 +51,7 @@ def test_shipped_example_config_loads() -> None:
     ({"recorder": {"flush_period_s": 5}}, "recorder.flush_period_s"),
     ({"goal": {"pose": [1, 2, 3]}}, "goal.pose"),  # pose without --sim
     ({"limits": {"max_speed": "fast"}}, "limits.max_speed"),
+    ({"sim": {"goal_room": "kitchen"}}, "sim.goal_room"),
 ])
 def test_invalid_values_name_the_field(over: dict, field: str) -> None:
     """Each invalid value raises ConfigError naming the offending field."""
