@@ -11,9 +11,9 @@ runtime can use it
 
 Example::
 
-    nice -n 10 python -m training.plan_head collect runs/sensor_default --out data/plan_pairs.npz --episodes 64
-    nice -n 10 python -m training.plan_head train data/plan_pairs.npz --run runs/sensor_default --out runs/plan_head
-    nice -n 10 python -m training.plan_head evaluate runs/sensor_default --head runs/plan_head --episodes 40
+    nice -n 10 python -m training.plan_head collect runs/sensor_default --out data/plan_pairs.npz --episodes 64 --iterations 3 --goal-mode explore
+    nice -n 10 python -m training.plan_head train data/plan_pairs.npz --out runs/plan_head
+    nice -n 10 python -m training.plan_head evaluate runs/sensor_default --head runs/plan_head --episodes 100 --goal-mode explore
     python -m training.plan_head export --head runs/plan_head --bundle models/default
 
 The bundle gains ``plan_head.onnx`` (inputs ``z [1, E]``, ``z_goal [1, E]``, ``pose4 [1, 4]``;
@@ -95,9 +95,14 @@ def _encoder(wm) -> Callable[[dict[str, np.ndarray]], torch.Tensor]:
 
 def closed_loop(wm, planner_cfg, episodes: int, max_steps: int, seed: int, mode: str = "planner",
                 head: PlanHead | None = None, record: bool = False, progress: bool = True,
-                goal_mode: str = "evaluate") -> dict[str, Any]:
+                goal_mode: str = "evaluate", action_repeat: int | None = None) -> dict[str, Any]:
     """Run ``episodes`` episodes batched: ``goal_mode`` ``evaluate`` (goal in the other room, as
-    ``edge-eval``) or ``explore`` (goal in a random room, often the start's).
+    ``edge-eval``), ``explore`` (goal in a random room, often the start's) or ``same_room``.
+
+    ``action_repeat`` (default: the model's ``data.action_repeat``): control ticks per predictor
+    step. As in ``edge-eval`` and the runtime, the planner runs every tick and applies the first
+    step of its plan, and the warm start is shifted by one plan step only every ``action_repeat``
+    ticks. Finished episodes get zero actions and are no longer planned for.
 
     Modes: ``planner`` (MPPI with ``planner_cfg``, warm start = previous plan shifted);
     ``planner_short`` (same at ``planner_cfg.iterations``, usually 1); ``head_warm`` (MPPI whose
@@ -122,7 +127,9 @@ def closed_loop(wm, planner_cfg, episodes: int, max_steps: int, seed: int, mode:
     goal_obs = sim.observe_at(goal_pose)
     encode = _encoder(wm)
     z_goal = encode(goal_obs)
-    ctl = MPCController(wm.predictor, planner_cfg, batch=episodes, seed=seed)
+    if action_repeat is None:
+        action_repeat = int(wm.config.data.action_repeat)
+    ctl = MPCController(wm.predictor, planner_cfg, batch=episodes, seed=seed, action_repeat=action_repeat)
     success = np.zeros(episodes, bool)
     steps = np.full(episodes, -1)
     start_dist = sim.goal_distance().copy()
@@ -132,6 +139,7 @@ def closed_loop(wm, planner_cfg, episodes: int, max_steps: int, seed: int, mode:
     for t in tqdm(range(max_steps), desc=mode, disable=not progress, leave=False):
         z = encode(obs)
         pose4 = torch.from_numpy(np.asarray(obs["sensor"], np.float32)[:, 8:12])
+        live = ~success
         t0 = time.perf_counter()
         with torch.no_grad():
             if mode == "head_only":
@@ -140,14 +148,13 @@ def closed_loop(wm, planner_cfg, episodes: int, max_steps: int, seed: int, mode:
                 if mode == "head_warm":
                     ctl.mean = head(z, z_goal, pose4)
                     ctl.std = torch.full_like(ctl.mean, planner_cfg.std_init)
-                actions = ctl.act(z, z_goal)
+                actions = ctl.act(z, z_goal, torch.from_numpy(live))
         t_ctl += time.perf_counter() - t0
-        if record:
-            live = ~success
+        if record:  # ctl.last holds the plans of the live episodes only (in index order)
             rec["z"].append(z[live].numpy())
             rec["z_goal"].append(z_goal[live].numpy())
             rec["pose4"].append(pose4[live].numpy())
-            rec["plan"].append(ctl.last.mean[live].numpy())
+            rec["plan"].append(ctl.last.mean.numpy())
             rec["episode"].append(np.flatnonzero(live))
         a = actions.numpy().copy()
         a[success] = 0.0
@@ -161,7 +168,8 @@ def closed_loop(wm, planner_cfg, episodes: int, max_steps: int, seed: int, mode:
     from training.evaluate import wilson_interval
 
     out: dict[str, Any] = {
-        "mode": mode, "goal_mode": goal_mode, "episodes": episodes, "successes": k, "success_rate": k / episodes,
+        "mode": mode, "goal_mode": goal_mode, "action_repeat": action_repeat, "max_steps": max_steps,
+        "seed": seed, "episodes": episodes, "successes": k, "success_rate": k / episodes,
         "success_ci95": list(wilson_interval(k, episodes)),
         "steps_to_goal_median": float(np.median(steps[success])) if k else None,
         "start_goal_distance_m_mean": float(start_dist.mean()),
@@ -174,10 +182,10 @@ def closed_loop(wm, planner_cfg, episodes: int, max_steps: int, seed: int, mode:
 
 
 def collect_pairs(wm, planner_cfg, episodes: int, max_steps: int, seed: int, progress: bool = True,
-                  goal_mode: str = "evaluate") -> dict[str, np.ndarray]:
+                  goal_mode: str = "evaluate", action_repeat: int | None = None) -> dict[str, np.ndarray]:
     """(state, goal, planner output) pairs from closed-loop reference-planner episodes."""
     r = closed_loop(wm, planner_cfg, episodes, max_steps, seed, "planner", record=True, progress=progress,
-                    goal_mode=goal_mode)
+                    goal_mode=goal_mode, action_repeat=action_repeat)
     pairs = r["pairs"]
     pairs["success_rate"] = np.array(r["success_rate"], np.float32)
     return pairs
@@ -407,12 +415,13 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("run_dir")
     c.add_argument("--out", required=True, help=".npz file")
     c.add_argument("--episodes", type=int, default=64)
-    c.add_argument("--max-steps", type=int, default=200)
+    c.add_argument("--max-steps", type=int, default=300)
     c.add_argument("--seed", type=int, default=5000)
     c.add_argument("--samples", type=int, help="planner N (default: the run's planner.samples)")
     c.add_argument("--iterations", type=int, help="planner J (default: the run's planner.iterations)")
-    c.add_argument("--goal-mode", choices=["evaluate", "explore"], default="evaluate",
-                   help="evaluate: goal in the other room; explore: goal in a random room")
+    c.add_argument("--goal-mode", choices=["evaluate", "explore", "same_room"], default="evaluate",
+                   help="evaluate: goal in the other room; explore: goal in a random room; same_room: the start's room")
+    c.add_argument("--action-repeat", type=int, help="control ticks per plan step (default: the run's data.action_repeat)")
     t = sub.add_parser("train", help="fit the head on collected pairs")
     t.add_argument("pairs", nargs="+", help=".npz files from collect")
     t.add_argument("--out", required=True)
@@ -422,13 +431,16 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("run_dir")
     e.add_argument("--head", required=True)
     e.add_argument("--episodes", type=int, default=40)
-    e.add_argument("--max-steps", type=int, default=250)
+    e.add_argument("--max-steps", type=int, default=300, help="control ticks per episode (edge-eval's default)")
     e.add_argument("--seed", type=int, default=1000)
     e.add_argument("--samples", type=int)
     e.add_argument("--iterations", type=int, default=3, help="J of the full planner (default 3)")
     e.add_argument("--short-iterations", type=int, default=1, help="J with the head warm start (default 1)")
-    e.add_argument("--goal-mode", choices=["evaluate", "explore"], default="evaluate",
-                   help="evaluate: goal in the other room (edge-eval); explore: goal in a random room")
+    e.add_argument("--goal-mode", choices=["evaluate", "explore", "same_room"], default="evaluate",
+                   help="evaluate: goal in the other room (edge-eval); explore: goal in a random room; same_room")
+    e.add_argument("--action-repeat", type=int, help="control ticks per plan step (default: the run's data.action_repeat)")
+    e.add_argument("--modes", nargs="+", choices=list(MODES), default=["planner", "planner_short", "head_warm", "head_only"],
+                   help="which decision settings to run (same episodes for each)")
     e.add_argument("--out", help="JSON report path")
     x = sub.add_parser("export", help="add plan_head.onnx to a bundle (parity-checked)")
     x.add_argument("--head", required=True)
@@ -442,7 +454,8 @@ def main(argv: list[str] | None = None) -> int:
             wm = _load_wm(args.run_dir)
             pc = dataclasses.replace(wm.config.planner, **{k: v for k, v in (("samples", args.samples),
                                                                                ("iterations", args.iterations)) if v})
-            pairs = collect_pairs(wm, pc, args.episodes, args.max_steps, args.seed, goal_mode=args.goal_mode)
+            pairs = collect_pairs(wm, pc, args.episodes, args.max_steps, args.seed, goal_mode=args.goal_mode,
+                                  action_repeat=args.action_repeat)
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             np.savez_compressed(args.out, **pairs)
             print(f"{len(pairs['z'])} pairs from {args.episodes} episodes (planner success "
@@ -470,7 +483,10 @@ def main(argv: list[str] | None = None) -> int:
             report = {"command": "python -m training.plan_head " + " ".join(argv if argv is not None else sys.argv[1:]),
                       "planner": dataclasses.asdict(full), "short_iterations": args.short_iterations, "results": []}
             for mode, pc in (("planner", full), ("planner_short", short), ("head_warm", short), ("head_only", short)):
-                r = closed_loop(wm, pc, args.episodes, args.max_steps, args.seed, mode, head=head, goal_mode=args.goal_mode)
+                if mode not in args.modes:
+                    continue
+                r = closed_loop(wm, pc, args.episodes, args.max_steps, args.seed, mode, head=head, goal_mode=args.goal_mode,
+                                action_repeat=args.action_repeat)
                 r["iterations"] = pc.iterations if mode != "head_only" else 0
                 r.update(single_call_ms(wm, pc, head if mode in ("head_warm", "head_only") else None))
                 if mode == "head_only":

@@ -118,3 +118,31 @@ def test_head_goes_into_the_bundle_verified(tiny_world, tmp_path):
     assert b.manifest["plan_head"]["H"] == b.planner.H
     with pytest.raises(PlanHeadError, match="H=5"):
         add_head_to_bundle(PlanHead(PlanHeadConfig(embed_dim=16, horizon=5, hidden=8)), bundle)
+
+
+def test_closed_loop_uses_the_models_action_repeat(tmp_path, monkeypatch):
+    """The controller gets the model's data.action_repeat (plan step held r ticks: warm start shifted every r ticks)
+    unless overridden; the report records it; finished episodes are not planned for."""
+    import training.planner as planner_mod
+    from training.checkpoint import load_world_model, save_checkpoint
+    from training.config import config_from_dict
+    from training.jepa import JEPA
+
+    cfg = config_from_dict({"preset": "tiny", "planner": {"samples": 8, "horizon": 4, "iterations": 1, "elites": 4},
+                            "data": {"action_repeat": 3}, "train": {"out_dir": str(tmp_path)}})
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path, JEPA(cfg), cfg)
+    wm = load_world_model(tmp_path)
+    seen = []
+
+    class Spy(planner_mod.MPCController):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            seen.append(self)
+
+    monkeypatch.setattr(planner_mod, "MPCController", Spy)
+    r = closed_loop(wm, wm.config.planner, episodes=2, max_steps=4, seed=0, progress=False)
+    assert seen[-1].action_repeat == 3 and r["action_repeat"] == 3
+    assert seen[-1].tick == 4  # one plan per tick, held plan steps shift only every 3rd
+    r = closed_loop(wm, wm.config.planner, episodes=2, max_steps=2, seed=0, progress=False, action_repeat=1)
+    assert seen[-1].action_repeat == 1 and r["action_repeat"] == 1
