@@ -172,7 +172,10 @@ def test_hello_after_traffic_is_a_reset_with_continuous_odometry(link, fake_mcu,
     fake_mcu.telemetry(enc=(1000, -500))
     wait_until(lambda: link.latest() and link.latest().enc_left == 1000)
     fake_mcu.hello(boot_count=8)
-    fake_mcu.telemetry(enc=(20, 30), mcu_time_us=2_000, seq=1)
+    # No explicit seq: the link's restore thread is already sending ESTOP/CONFIG, and the fake
+    # device's ACKs take sequence numbers from the same counter (as on the real firmware). A
+    # hard-coded seq=1 raced with an ACK that had taken 1 and read as a second reset.
+    fake_mcu.telemetry(enc=(20, 30), mcu_time_us=2_000)
     t = wait_until(lambda: (lambda x: x if x and x.raw_enc_left == 20 else None)(link.latest()))
     assert (t.enc_left, t.enc_right) == (1000, -500)  # continues from the last counts
     fake_mcu.telemetry(enc=(25, 40))
