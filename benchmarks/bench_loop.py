@@ -52,7 +52,11 @@ def run(args: list[str]) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-loop-") as tmp:
         rc = edge_run(["--device", "cpu", "--sim", "--status", "off", "--set", "sim.gif=false",
                        "--out", tmp, *args])
-        (summary,) = list(Path(tmp).glob("*/summary.json"))
+        found = list(Path(tmp).glob("*/summary.json"))
+        if len(found) != 1:
+            raise SystemExit(f"bench_loop: edge-run {' '.join(args)} exited with status {rc} and wrote no "
+                             "summary.json; its error is printed above")
+        (summary,) = found
         out = json.loads(summary.read_text())
         out["exit_status"] = rc
         return out
