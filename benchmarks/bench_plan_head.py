@@ -2,7 +2,11 @@
 
 Example::
 
-    nice -n 10 python benchmarks/bench_plan_head.py --run runs/head_base --head runs/plan_head_s1 --samples 64
+    nice -n 10 python benchmarks/bench_plan_head.py --run runs/sensor_default --head runs/plan_head_default \
+        --samples 128 --calls 100
+
+(the runs come from ``edge-train configs/sensor_default.yaml`` and the ``training.plan_head``
+commands of docs/IJEPA.md section 3).
 
 Times one single-robot control decision with the torch reference planner (N samples, H
 steps) at J=3 (warm start: previous plan) and at J=1 with the head's plan as the warm start
@@ -28,10 +32,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", default="runs/head_base")
-    ap.add_argument("--head", default="runs/plan_head_s1")
-    ap.add_argument("--samples", type=int, default=64)
-    ap.add_argument("--calls", type=int, default=60)
+    ap.add_argument("--run", default="runs/sensor_default", help="world-model run (edge-train output)")
+    ap.add_argument("--head", default="runs/plan_head_default", help="plan head (python -m training.plan_head train)")
+    ap.add_argument("--samples", type=int, default=128, help="MPPI samples N (the shipped planner: 128)")
+    ap.add_argument("--calls", type=int, default=100)
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/plan_head_latency.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
