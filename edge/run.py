@@ -623,5 +623,20 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_RUNTIME
 
 
+def cli() -> None:
+    """The ``edge-run`` console script: :func:`main`, then exit with its status.
+
+    If the run abandoned an embedded LLM server (a request it could not cancel was still being
+    generated when the run ended), the process ends with ``os._exit`` after flushing, because
+    finalising the interpreter under llama.cpp's running threads can crash it (see
+    :func:`edge.fallback.embedded.exit_now_if_abandoned`).
+    """
+    rc = main()
+    from edge.fallback.embedded import exit_now_if_abandoned
+
+    exit_now_if_abandoned(rc)
+    sys.exit(rc)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()

@@ -17,9 +17,11 @@ import gc
 import importlib
 import importlib.util
 import json
+import logging
 import math
 import os
 import socket
+import sys
 import threading
 import time
 import urllib.error
@@ -126,6 +128,34 @@ def _renice(tids: set[int], nice: int) -> int:
 
 #: Servers close() gave up on (a request still running): kept referenced, never deallocated.
 _ABANDONED: list = []
+
+
+def abandoned_servers() -> int:
+    """How many embedded servers this process abandoned (their C++ threads still run)."""
+    return len(_ABANDONED)
+
+
+def exit_now_if_abandoned(rc: int) -> None:
+    """End the process with ``rc`` at once (``os._exit``) when a server was abandoned; else return.
+
+    An abandoned server's llama.cpp threads keep running while the interpreter finalises and
+    the C++ runtime destroys its statics under them: the process can then die with SIGSEGV
+    (seen in CI: exit status 139 after every test had passed). Skipping finalisation is the
+    only safe end for such a process. Standard streams and logging handlers are flushed first;
+    ``atexit`` handlers do not run (the loop's own cleanup -- motors zero, recorder closed --
+    has finished before a command returns its exit status). Call it from the outermost entry
+    point only (``edge-run``'s console script does), never from code that runs in-process
+    under another program.
+    """
+    if not _ABANDONED:
+        return
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(rc)
 
 
 def _import_xllamacpp():

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import http.server
 import json
+import subprocess
+import sys
 import threading
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -26,6 +29,7 @@ SITUATION = Situation(
     recent_actions=((0.1, 0.1),),
     reason="predicted error 0.8 > 0.3 for 12 ticks",
 )
+REPO = Path(__file__).resolve().parents[2]
 JOIN_S = 20.0  # generous: a working close() takes about a second
 
 
@@ -136,29 +140,73 @@ def test_embedded_fallback_close_with_request_in_flight_cancels_generation():
     assert client.attempts == 1
 
 
+# Runs in a child process: an abandoned server's llama.cpp threads keep generating until the
+# process ends, and finalising an interpreter under them can crash it (CI saw pytest exit with
+# SIGSEGV after every test had passed). The child ends the way `edge-run` does.
+_FOREIGN_CHILD = r"""
+import json, sys, threading, time, urllib.request
+from edge.fallback.embedded import EmbeddedConfig, EmbeddedLLMServer, abandoned_servers, exit_now_if_abandoned
+
+# max_predict bounds how long the abandoned generation keeps a core busy until the child exits.
+server = EmbeddedLLMServer(EmbeddedConfig(close_timeout_s=0.2, max_predict=1024)).start()
+body = json.dumps({"messages": [{"role": "user", "content": "Write a very long story about robots."}],
+                   "max_tokens": 4000, "temperature": 1.0, "stream": False}).encode()
+req = urllib.request.Request(f"{server.base_url}/v1/chat/completions", data=body,
+                             headers={"Content-Type": "application/json"})
+
+def foreign():
+    try:
+        urllib.request.urlopen(req, timeout=120).read()
+    except OSError:
+        pass
+
+threading.Thread(target=foreign, daemon=True).start()
+for _ in range(200):
+    if server.busy():
+        break
+    time.sleep(0.05)
+busy = server.busy()
+t = threading.Thread(target=server.close, daemon=True)
+t.start()
+t.join(JOIN_S)
+print(json.dumps({"busy": busy, "close_returned": not t.is_alive(), "running": server.running,
+                  "abandoned": server.abandoned, "abandoned_servers": abandoned_servers()}), flush=True)
+exit_now_if_abandoned(7)
+sys.exit(3)  # not reached when the server was abandoned
+"""
+
+
 def test_embedded_server_close_with_foreign_request_in_flight_is_bounded():
     """A client we cannot abort keeps a long request open: close() still returns (waiting at most
-    close_timeout_s, then abandoning the server rather than joining its threads)."""
+    close_timeout_s, then abandoning the server rather than joining its threads), and the
+    process then ends cleanly through exit_now_if_abandoned with the status it was given."""
     _smollm2_or_skip()
-    # max_predict bounds how long the abandoned generation keeps a core busy for the rest of the run.
-    server = EmbeddedLLMServer(EmbeddedConfig(close_timeout_s=0.2, max_predict=1024)).start()
-    body = json.dumps({"messages": [{"role": "user", "content": "Write a very long story about robots."}],
-                       "max_tokens": 4000, "temperature": 1.0, "stream": False}).encode()
-    req = urllib.request.Request(f"{server.base_url}/v1/chat/completions", data=body,
-                                 headers={"Content-Type": "application/json"})
+    proc = subprocess.run([sys.executable, "-c", f"JOIN_S = {JOIN_S}\n" + _FOREIGN_CHILD],
+                          capture_output=True, text=True, timeout=JOIN_S + 120, cwd=REPO)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    assert lines, f"child printed no result (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr[-3000:]}"
+    got = json.loads(lines[-1])
+    assert got["busy"], "the foreign request never reached the server"
+    assert got["close_returned"], "EmbeddedLLMServer.close() hung with a request in flight"
+    assert not got["running"]
+    assert got["abandoned"] and got["abandoned_servers"] == 1  # still generating after 0.2 s
+    # 7 = the status handed to exit_now_if_abandoned: the process ended there, at once, without
+    # finalising under llama.cpp's threads (a crash there would read -11 / 139).
+    assert proc.returncode == 7, f"child exit {proc.returncode}:\n{proc.stderr[-3000:]}"
 
-    def foreign() -> None:
-        try:
-            urllib.request.urlopen(req, timeout=120).read()
-        except OSError:
-            pass
 
-    threading.Thread(target=foreign, daemon=True).start()
-    for _ in range(200):
-        if server.busy():
-            break
-        threading.Event().wait(0.05)
-    assert server.busy(), "the foreign request never reached the server"
-    assert _close_returns(server), "EmbeddedLLMServer.close() hung with a request in flight"
-    assert not server.running
-    assert server.abandoned  # still generating after 0.2 s: left to die with the process
+def test_exit_now_if_abandoned_ends_with_the_given_status_only_after_an_abandon():
+    """No abandoned server: returns (the caller exits normally). One abandoned: the process ends
+    at once with the given status, output flushed, atexit handlers skipped."""
+    child = ("import atexit, sys\n"
+             "from edge.fallback import embedded\n"
+             "atexit.register(lambda: print('atexit ran', flush=True))\n"
+             "embedded.exit_now_if_abandoned(9)\n"
+             "print('returned', end='')\n"
+             "embedded._ABANDONED.append(object())\n"
+             "sys.stdout.write(' then exiting')\n"
+             "embedded.exit_now_if_abandoned(5)\n"
+             "sys.exit(3)\n")
+    proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert proc.returncode == 5, proc.stderr
+    assert proc.stdout == "returned then exiting"  # flushed; the atexit handler did not run
