@@ -51,6 +51,7 @@ class RunStats:
         self.low_conf_ticks = 0
         self.link_lost_ticks = 0
         self.guard_interventions = 0
+        self.guard_reasons: Counter[str] = Counter()  # ticks per kind of guard change
         self.confidence: list[float] = []
         self.last: TickInfo | None = None
 
@@ -64,6 +65,7 @@ class RunStats:
         self.low_conf_ticks += int(info.low_confidence)
         self.link_lost_ticks += int(not info.link_ok)
         self.guard_interventions += int(bool(info.guard_reasons))
+        self.guard_reasons.update({guard_reason_kind(r) for r in info.guard_reasons})
         if info.confidence is not None:
             self.confidence.append(info.confidence)
         self.last = info
@@ -77,6 +79,22 @@ class RunStats:
         if len(d) == 0:
             return None
         return float(len(d) / d.sum())
+
+
+#: Kinds of guard change (edge/safety.py reason texts start with one of these).
+GUARD_REASON_KINDS = ("range guard", "speed limit", "acceleration limit", "sensor fault", "non-finite command")
+
+
+def guard_reason_kind(reason: str) -> str:
+    """The kind of a guard reason text ("range guard: front sensor 0 reads ..." -> "range guard")."""
+    for kind in GUARD_REASON_KINDS:
+        if reason.startswith(kind):
+            return kind
+    return reason.split(":", 1)[0]
+
+
+def _kind_rank(kind: str) -> int:
+    return GUARD_REASON_KINDS.index(kind) if kind in GUARD_REASON_KINDS else len(GUARD_REASON_KINDS)
 
 
 def summarise(stats: RunStats, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -96,6 +114,7 @@ def summarise(stats: RunStats, extra: dict[str, Any] | None = None) -> dict[str,
         "low_confidence_ticks": stats.low_conf_ticks,
         "link_lost_ticks": stats.link_lost_ticks,
         "guard_interventions": stats.guard_interventions,
+        "guard_reasons": dict(sorted(stats.guard_reasons.items(), key=lambda kv: (-kv[1], _kind_rank(kv[0])))),
         "confidence_mean": float(np.mean(stats.confidence)) if stats.confidence else None,
     }
     out.update(extra or {})
@@ -139,7 +158,9 @@ def print_summary(summary: dict[str, Any], console: Any = None) -> None:
     table.add_row("stages p50/p99 ms", ", ".join(
         f"{s} {_fmt(v['p50_ms'], '.2f')}/{_fmt(v['p99_ms'], '.2f')}" for s, v in summary["stages"].items()))
     table.add_row("command sources", ", ".join(f"{k} {v}" for k, v in sorted(summary["sources"].items())))
-    table.add_row("safety", f"guard changed {summary['guard_interventions']} commands, link lost "
+    reasons = summary.get("guard_reasons") or {}
+    why = f" ({', '.join(f'{k} {v}' for k, v in reasons.items())})" if reasons else ""
+    table.add_row("safety", f"guard changed {summary['guard_interventions']} commands{why}, link lost "
                             f"{summary['link_lost_ticks']} ticks, low confidence {summary['low_confidence_ticks']} ticks")
     for key in ("mcap", "gif", "summary_json"):
         if key in summary:

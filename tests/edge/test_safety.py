@@ -151,3 +151,35 @@ def test_diagonal_sensors_guard_at_half_the_distance() -> None:
     ranges[1] = 0.05
     out = g.guard(0.5, 0.5, ranges, dt=0.05, **OK)
     assert (out.left, out.right) == (0.0, 0.0) and "sensor 1" in out.reasons[0]
+
+
+def test_run_summary_counts_guard_changes_by_kind() -> None:
+    """The run summary says why the guard changed commands, with kinds read from the guard's
+    real reason texts (a tick with two reasons counts once per kind, once in the total)."""
+    from edge.loop import TickInfo
+    from edge.status import RunStats, print_summary, summarise
+
+    g = make(range_guard_m=0.12, max_accel=4.0, max_speed=0.8)
+    blocked = list(CLEAR)
+    blocked[0] = 0.05
+    results = [
+        g.guard(1.0, 1.0, CLEAR, dt=0.05, **OK),     # speed 0.8 cap, then accel 4/s * 0.05 s
+        g.guard(0.2, 0.2, CLEAR, dt=0.05, **OK),     # slowing down: unchanged
+        g.guard(0.5, 0.5, blocked, dt=0.05, **OK),   # obstacle ahead
+        g.guard(math.nan, 0.0, CLEAR, dt=0.05, **OK),
+    ]
+    stats = RunStats(20.0)
+    for i, r in enumerate(results):
+        stats.add(TickInfo(tick=i, t=i * 0.05, action=(r.left, r.right), source="planner",
+                           timings_ms={}, total_ms=1.0, overrun=False, link_ok=True,
+                           guard_reasons=r.reasons))
+    s = summarise(stats)
+    assert s["guard_interventions"] == 3
+    assert s["guard_reasons"] == {"speed limit": 1, "acceleration limit": 1, "range guard": 1,
+                                  "non-finite command": 1}
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    print_summary(s, console=console)
+    assert ("guard changed 3 commands (range guard 1, speed limit 1, acceleration limit 1, "
+            "non-finite command 1)") in console.export_text()
