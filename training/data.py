@@ -159,16 +159,15 @@ def repeat_actions(tensors: dict[str, np.ndarray | torch.Tensor], r: int) -> dic
     """
     if r == 1:
         return tensors
-    out = {}
-    for key, v in tensors.items():
-        if key == "action":
-            w, kr, a = v.shape
-            if kr % r:
-                raise DataError(f"action windows of {kr} ticks are not a multiple of data.action_repeat={r}")
-            out[key] = v.reshape(w, kr // r, r, a).mean(2)
-        else:
-            out[key] = v[:, ::r]
-    return out
+    return {key: mean_action_chunks(v, r) if key == "action" else v[:, ::r] for key, v in tensors.items()}
+
+
+def mean_action_chunks(action: np.ndarray | torch.Tensor, r: int) -> np.ndarray | torch.Tensor:
+    """``[W, k*r, A]`` per-tick actions -> ``[W, k, A]`` means over consecutive chunks of ``r`` ticks."""
+    w, kr, a = action.shape
+    if kr % r:
+        raise DataError(f"action windows of {kr} ticks are not a multiple of data.action_repeat={r}")
+    return action.reshape(w, kr // r, r, a).mean(2)
 
 
 def load_windows(cfg: Config, k: int) -> tuple[WindowTensors, WindowTensors]:
@@ -188,7 +187,9 @@ def load_windows(cfg: Config, k: int) -> tuple[WindowTensors, WindowTensors]:
     idx = np.arange(len(ds))
     if cfg.data.max_windows and cfg.data.max_windows < len(ds) and cfg.data.with_frames:
         idx = np.sort(np.random.default_rng(cfg.train.seed).choice(len(ds), cfg.data.max_windows, replace=False))
-    tensors = {key: torch.from_numpy(np.ascontiguousarray(v)) for key, v in repeat_actions(ds.batch(idx), r).items()}
+    b = ds.batch(idx, obs_stride=r)  # observations every r ticks: == repeat_actions(ds.batch(idx), r)
+    b["action"] = mean_action_chunks(b["action"], r) if r > 1 else b["action"]
+    tensors = {key: torch.from_numpy(np.ascontiguousarray(v)) for key, v in b.items()}
     if cfg.data.with_frames and "frame" not in tensors:
         raise DataError(f"{cfg.data.path} has no camera frames; collect with --camera for a camera model")
     return split_windows(tensors, cfg.data.val_fraction, torch.from_numpy(ds.window_episode[idx]), seed=cfg.train.seed)

@@ -428,16 +428,26 @@ class WindowDataset:
     def __len__(self) -> int:
         return len(self.starts)
 
-    def batch(self, indices: np.ndarray | Sequence[int]) -> dict[str, np.ndarray]:
-        """Stacked windows: every key gets a leading ``[B]`` dimension."""
+    def batch(self, indices: np.ndarray | Sequence[int], obs_stride: int = 1) -> dict[str, np.ndarray]:
+        """Stacked windows: every key gets a leading ``[B]`` dimension.
+
+        ``obs_stride = r`` gathers the observations (``sensor``, ``pose``, ``true_pose``,
+        ``frame``) only every ``r`` ticks (``[B, k/r + 1, ...]``, ``k`` a multiple of ``r``) while
+        ``action`` keeps every tick (``[B, k, 2]``): the same as taking ``[:, ::r]`` of the full
+        window, without first copying the frames in between (for camera windows with
+        ``action_repeat = 5`` that copy is 5x the memory that training keeps).
+        """
         idx = np.asarray(indices, dtype=np.int64)
         if idx.size and (idx.min() < -len(self) or idx.max() >= len(self)):
             raise IndexError(f"window index out of range for {len(self)} windows")
+        if obs_stride < 1 or self.k % obs_stride:
+            raise ValueError(f"obs_stride must be >= 1 and divide the window length k={self.k}, got {obs_stride}")
         s = self.starts[idx]
-        obs_i = s[:, None] + np.arange(self.k + 1)[None, :]
+        act_i = s[:, None] + np.arange(self.k)[None, :]
+        obs_i = s[:, None] + np.arange(0, self.k + 1, obs_stride)[None, :]
         out = {
             "sensor": self.sensor[obs_i],
-            "action": self.action[obs_i[:, :-1]],
+            "action": self.action[act_i],
             "pose": self.pose[obs_i],
         }
         if self.true_pose is not None:

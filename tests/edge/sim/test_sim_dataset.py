@@ -82,6 +82,20 @@ def test_windows_match_the_shard(dataset):
         ds.batch([len(ds)])
 
 
+def test_strided_batch_equals_subsampling_the_full_window(dataset):
+    """obs_stride=r gives the full window's observations [:, ::r] (frames included) and every
+    tick's action; a stride that does not divide k is refused."""
+    ds = WindowDataset(dataset, 6, frames=True)
+    idx = [0, 5, 40, len(ds) - 1]
+    full, strided = ds.batch(idx), ds.batch(idx, obs_stride=3)
+    assert strided["frame"].shape == (4, 3, 64, 64, 3) and strided["action"].shape == (4, 6, 2)
+    for key in ("sensor", "pose", "true_pose", "frame"):
+        assert np.array_equal(strided[key], full[key][:, ::3]), key
+    assert np.array_equal(strided["action"], full["action"])
+    with pytest.raises(ValueError, match="obs_stride"):
+        ds.batch(idx, obs_stride=4)
+
+
 def test_windows_without_frames_have_no_frame_key(dataset):
     """frames=False (default) leaves out the frame key and loads no frames."""
     ds = WindowDataset(dataset / "shard-00000.npz", 3)
