@@ -69,6 +69,30 @@ def test_measure_times_only_the_call_after_warmup():
         measure(fn, iterations=0)
 
 
+def test_measure_paces_calls_on_an_absolute_period_and_times_only_the_call():
+    """period_s: each call starts on the next slot of a fixed grid (idle time slept, not timed);
+    a call that overruns its slot pushes the next one to the next free slot, with no burst."""
+    clock = {"t": 0.0}
+    starts, slept = [], []
+    durations = iter([0.003, 0.003, 0.025, 0.003, 0.003])
+
+    def fn():
+        starts.append(round(clock["t"], 9))
+        clock["t"] += next(durations)
+
+    def sleep(dt):
+        slept.append(dt)
+        clock["t"] += dt
+
+    samples = measure(fn, iterations=4, warmup=1, timer=lambda: clock["t"], period_s=0.010, sleep=sleep)
+    # slots every 10 ms: warm-up at 0, then 10, 20 (runs 25 ms: slots 30 and 40 are taken), 50, 60
+    assert starts == pytest.approx([0.0, 0.010, 0.020, 0.050, 0.060])
+    assert samples.tolist() == pytest.approx([3.0, 25.0, 3.0, 3.0])
+    assert all(dt > 0 for dt in slept)
+    with pytest.raises(ValueError, match="period_s"):
+        measure(fn, iterations=1, period_s=-1.0)
+
+
 def test_parse_sweep():
     """Only N sweeps, integers >= 2, sorted and de-duplicated."""
     assert parse_sweep("N=1024,64,256,64") == [64, 256, 1024]
@@ -178,6 +202,13 @@ def test_profile_cli_end_to_end(tiny_bundle, tmp_path, capsys):
     assert 0 < report["timer_overhead_ms"] < 1.0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "tick" in capsys.readouterr().out
+    assert report["period_ms"] == 0.0
+
+    paced = tmp_path / "paced.json"
+    assert main(["--device", "cpu", "--bundle", str(tiny_bundle), "--stages", "plan", "--iterations", "4",
+                 "--warmup", "1", "--period-ms", "20", "--json", str(paced)]) == 0
+    assert json.loads(paced.read_text())["period_ms"] == 20.0
+    assert "one call every 20 ms" in capsys.readouterr().out
 
     assert main(["--compare", str(out), str(out)]) == 0
     assert "1.00x" in capsys.readouterr().out
@@ -235,6 +266,7 @@ def test_sweep_without_torch_names_the_alternative(tiny_bundle, tmp_path, monkey
         (["--device", "cpu", "--bundle", "BUNDLE", "--sweep", "N=64"], "needs --checkpoint"),
         (["--device", "cpu", "--bundle", "/nonexistent/bundle"], "/nonexistent/bundle"),
         (["--device", "cpu", "--bundle", "BUNDLE", "--iterations", "0"], "--iterations"),
+        (["--device", "cpu", "--bundle", "BUNDLE", "--period-ms", "-5"], "--period-ms"),
         (["--compare", "/nonexistent/a.json", "/nonexistent/b.json"], "cannot read report"),
     ],
 )
