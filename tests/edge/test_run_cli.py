@@ -176,3 +176,21 @@ def test_goal_embedding_averages_evenly_spaced_headings() -> None:
     np.testing.assert_allclose(seen, 0.3 + np.arange(4) * np.pi / 2)
     np.testing.assert_allclose(z, [0.0, 0.0], atol=1e-6)  # four headings 90 degrees apart cancel
     np.testing.assert_allclose(goal_embedding(loop, sim, goal, 1, norm), [np.sin(0.3), np.cos(0.3)], atol=1e-6)
+
+
+def test_sim_miss_hint_names_the_replay_seed_and_the_default_models_known_limit():
+    """After a --sim run with missed goals: the replay command (seed, episodes) and, only for the
+    shipped default bundle on the other-room task, its measured limit and --goal-room same."""
+    from edge.config import load_config as load_run_config, parse_override
+    from edge.run import sim_miss_hint
+
+    hit, miss = {"goal_reached": True}, {"goal_reached": False}
+    cfg = load_run_config(None, [])
+    assert sim_miss_hint([hit, hit], 7, cfg, "default") is None
+    text = sim_miss_hint([hit, miss], 7, cfg, "default")
+    assert "1 of 2 goal(s) not reached" in text and "--seed 7 --episodes 2" in text
+    assert "--goal-room same" in text and "25%" in text
+    other = sim_miss_hint([miss], 7, cfg, "my_model")
+    assert "--seed 7 and look at" in other and "25%" not in other
+    same_room = load_run_config(None, [parse_override("sim.goal_room=same")])
+    assert "25%" not in sim_miss_hint([miss], 3, same_room, "default")
