@@ -37,6 +37,20 @@ FRONT_SENSORS: tuple[int, ...] = (0, 1, 7)
 REAR_SENSORS: tuple[int, ...] = (4, 3, 5)
 CONE_FRACTION = np.array([1.0, 0.5, 0.5])
 
+#: Kinds of guard change; every reason text :meth:`SafetyGuard.guard` gives starts with its kind.
+NON_FINITE, SENSOR_FAULT, RANGE_GUARD, SPEED_LIMIT, ACCEL_LIMIT = (
+    "non-finite command", "sensor fault", "range guard", "speed limit", "acceleration limit")
+#: In the order the run summary lists ties (the order a command meets the checks, faults last).
+GUARD_REASON_KINDS: tuple[str, ...] = (RANGE_GUARD, SPEED_LIMIT, ACCEL_LIMIT, SENSOR_FAULT, NON_FINITE)
+
+
+def guard_reason_kind(reason: str) -> str:
+    """The kind of a guard reason text ("range guard: front sensor 0 reads ..." -> "range guard")."""
+    for kind in GUARD_REASON_KINDS:
+        if reason.startswith(kind):
+            return kind
+    return reason.split(":", 1)[0]
+
 
 @dataclass(frozen=True)
 class GuardResult:
@@ -122,11 +136,11 @@ class SafetyGuard:
         else:
             self._bad_ticks = 0
         if not (math.isfinite(req_l) and math.isfinite(req_r)):
-            reasons.append(f"non-finite command ({req_l}, {req_r})")
+            reasons.append(f"{NON_FINITE} ({req_l}, {req_r})")
             return self._stop(reasons, sensor_fault=False)
         if self._bad_ticks > self.limits.max_bad_sensor_ticks:
             self.fault_ticks += 1
-            reasons.append("sensor fault: " + "; ".join(problems))
+            reasons.append(f"{SENSOR_FAULT}: " + "; ".join(problems))
             return self._stop(reasons, sensor_fault=True)
         l, r = max(-1.0, min(1.0, req_l)), max(-1.0, min(1.0, req_r))
 
@@ -140,7 +154,7 @@ class SafetyGuard:
                 blocked = np.isnan(values) | (values < limit)
                 if moving and blocked.any():
                     i = int(np.argmax(blocked))
-                    reasons.append(f"range guard: {name} sensor {cone[i]} reads {values[i]:.3f} m "
+                    reasons.append(f"{RANGE_GUARD}: {name} sensor {cone[i]} reads {values[i]:.3f} m "
                                    f"< {limit[i]:g} m")
                     v = 0.0
             l, r = v - w, v + w
@@ -149,13 +163,13 @@ class SafetyGuard:
         if peak > self.limits.max_speed:
             scale = self.limits.max_speed / peak
             l, r = l * scale, r * scale
-            reasons.append(f"speed limit {self.limits.max_speed:g}")
+            reasons.append(f"{SPEED_LIMIT} {self.limits.max_speed:g}")
 
         step = self.limits.max_accel * max(dt, 0.0)
         l_lim = _limit_speedup(self._prev[0], l, step)
         r_lim = _limit_speedup(self._prev[1], r, step)
         if (l_lim, r_lim) != (l, r):
-            reasons.append(f"acceleration limit {self.limits.max_accel:g}/s")
+            reasons.append(f"{ACCEL_LIMIT} {self.limits.max_accel:g}/s")
         l, r = l_lim, r_lim
 
         self._prev = (l, r)

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from edge.loop import STAGES, TickInfo
+from edge.safety import GUARD_REASON_KINDS, guard_reason_kind
 
 
 def percentile(values: list[float] | np.ndarray, q: float) -> float | None:
@@ -79,18 +80,6 @@ class RunStats:
         if len(d) == 0:
             return None
         return float(len(d) / d.sum())
-
-
-#: Kinds of guard change (edge/safety.py reason texts start with one of these).
-GUARD_REASON_KINDS = ("range guard", "speed limit", "acceleration limit", "sensor fault", "non-finite command")
-
-
-def guard_reason_kind(reason: str) -> str:
-    """The kind of a guard reason text ("range guard: front sensor 0 reads ..." -> "range guard")."""
-    for kind in GUARD_REASON_KINDS:
-        if reason.startswith(kind):
-            return kind
-    return reason.split(":", 1)[0]
 
 
 def _kind_rank(kind: str) -> int:

@@ -174,7 +174,9 @@ def load_windows(cfg: Config, k: int) -> tuple[WindowTensors, WindowTensors]:
     """Read ``cfg.data.path`` with the simulator's reader (shards and/or flight logs) and split by episode.
 
     ``k`` counts predictor steps: with ``data.action_repeat = r`` the reader takes ``k * r``
-    control ticks per window and :func:`repeat_actions` reduces them to ``k`` steps.
+    control ticks per window, gathers the observations only every ``r`` ticks
+    (``WindowDataset.batch(obs_stride=r)``) and :func:`mean_action_chunks` averages the actions:
+    the result of :func:`repeat_actions` on the full window, without copying the skipped frames.
     """
     from edge.sim.dataset import DatasetError, WindowDataset
 
