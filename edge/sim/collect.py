@@ -74,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--range-noise", type=float, default=0.01, help="range noise std in m (default 0.01)")
     p.add_argument("--range-dropout", type=float, default=0.01, help="range dropout probability (default 0.01)")
     p.add_argument("--slip", type=float, default=0.02, help="wheel slip std fraction (default 0.02)")
+    p.add_argument("--p-direct", type=float, default=0.0,
+                   help="probability a route heads straight for the other room, ignoring the door, so the data "
+                        "shows the dividing wall stopping the robot (default 0)")
+    p.add_argument("--p-push", type=float, default=0.0,
+                   help="probability the robot keeps pushing after a collision instead of backing up (default 0)")
     p.add_argument("--preview", action="store_true", help="write preview.gif of the first episode")
     p.add_argument("--overwrite", action="store_true", help="allow writing into a folder that already has shards")
     return p
@@ -92,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
             ranges=replace(base.ranges, noise_std=args.range_noise, dropout_prob=args.range_dropout),
             robot=replace(base.robot, slip_std=args.slip),
         )
+        for name in ("p_direct", "p_push"):
+            if not (0.0 <= getattr(args, name) <= 1.0):
+                raise ValueError(f"--{name.replace('_', '-')} is a probability: give a value in [0, 1], got {getattr(args, name)}")
+        policy_cfg = ExplorationConfig(p_direct=args.p_direct, p_push=args.p_push)
         out: Path = args.out
         try:
             out.mkdir(parents=True, exist_ok=True)
@@ -105,7 +114,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from tqdm import tqdm
 
-    policy_cfg = ExplorationConfig()
     n_shards = -(-args.episodes // args.shard_episodes)
     seqs = np.random.SeedSequence(args.seed).spawn(n_shards)
     jobs = []

@@ -40,9 +40,12 @@ class ExplorationConfig:
     reach_m: float = 0.12  # a waypoint counts as reached within this distance (m)
     door_offset_m: float = 0.25  # door waypoints this far either side of the wall (m)
     recover_steps: int = 6  # steps of backing up after a collision
+    p_direct: float = 0.0  # probability a new same-room route instead heads straight for a point in the other room, ignoring the door (the robot meets the wall)
+    p_push: float = 0.0  # probability a collision is not followed by backing up (the robot keeps pushing or slides along the wall)
+    direct_steps: int = 60  # a direct route is given up after this many steps (it cannot be reached)
 
     def __post_init__(self) -> None:
-        for name in ("p_waypoint", "p_switch", "p_through_door"):
+        for name in ("p_waypoint", "p_switch", "p_through_door", "p_direct", "p_push"):
             v = getattr(self, name)
             if not (0 <= v <= 1):
                 raise ValueError(f"ExplorationConfig.{name} must be a probability in [0, 1], got {v}")
@@ -51,6 +54,8 @@ class ExplorationConfig:
                 raise ValueError(f"ExplorationConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.recover_steps < 0:
             raise ValueError(f"ExplorationConfig.recover_steps must be >= 0, got {self.recover_steps}")
+        if self.direct_steps < 1:
+            raise ValueError(f"ExplorationConfig.direct_steps must be >= 1, got {self.direct_steps}")
 
 
 class ExplorationPolicy:
@@ -74,6 +79,7 @@ class ExplorationPolicy:
         self.route_pos = np.zeros(b, dtype=np.int64)
         self.recover = np.zeros(b, dtype=np.int64)
         self.recover_action = np.zeros((b, 2))
+        self.direct_left = np.zeros(b, dtype=np.int64)
         self._new_routes(np.ones(b, dtype=bool))
 
     def _new_routes(self, mask: np.ndarray) -> None:
@@ -85,13 +91,17 @@ class ExplorationPolicy:
         pose = sim.robot.pose[idx]
         room = room_of(lay, pose[:, :2])
         through = self.rng.uniform(size=len(idx)) < c.p_through_door
-        target_room = np.where(through, 1 - room, room)
+        direct = np.zeros(len(idx), dtype=bool)
+        if c.p_direct > 0:  # no extra draw otherwise: datasets collected before p_direct stay reproducible
+            direct = ~through & (self.rng.uniform(size=len(idx)) < c.p_direct)
+        target_room = np.where(through | direct, 1 - room, room)
         target = sample_in_room(sim.cfg.world, lay, target_room, sim.cfg.clearance, self.rng)
         before, after = door_waypoints(lay, room, c.door_offset_m)
         route = np.where(through[:, None, None], np.stack([before, after, target], 1), target[:, None, :])
         self.route[idx] = route
         self.route_len[idx] = np.where(through, 3, 1)
         self.route_pos[idx] = 0
+        self.direct_left[idx] = np.where(direct, c.direct_steps, 0)
 
     def act(self, collided: np.ndarray | None = None) -> np.ndarray:
         """Normalised actions ``[B, 2]`` for the sim's current state."""
@@ -106,7 +116,9 @@ class ExplorationPolicy:
         d = wp - pose[:, :2]
         reached = np.hypot(d[:, 0], d[:, 1]) < c.reach_m
         self.route_pos += reached
-        done = self.route_pos >= self.route_len
+        expired = self.direct_left == 1
+        self.direct_left = np.maximum(self.direct_left - 1, 0)
+        done = (self.route_pos >= self.route_len) | expired
         self._new_routes(done & self.waypoint_mode)
         wp = self.route[np.arange(b), np.minimum(self.route_pos, 2)]
         d = wp - pose[:, :2]
@@ -122,6 +134,8 @@ class ExplorationPolicy:
 
         if collided is not None and c.recover_steps > 0:
             start = collided & (self.recover == 0)
+            if c.p_push > 0:  # (no draw at 0, as above)
+                start &= rng.uniform(size=b) >= c.p_push
             if start.any():
                 turn_dir = rng.choice([-1.0, 1.0], size=b)
                 back = np.stack([-0.6 - 0.3 * turn_dir, -0.6 + 0.3 * turn_dir], -1)

@@ -126,3 +126,42 @@ def test_observe_at_matches_the_episode_and_leaves_it_unchanged():
     assert np.array_equal(sim.robot.pose, pose)
     turned = sim.observe_at(pose + [0, 0, np.pi])
     assert not np.allclose(turned["ranges"], at["ranges"])
+
+
+def test_direct_routes_and_pushing_make_the_dividing_wall_stop_the_robot():
+    """p_direct sends routes straight at the other room (the wall is in the way) and p_push keeps
+    the robot pressing instead of backing up: the data then shows the wall stopping the robot,
+    which the default mixture (it backs off at once) almost never does."""
+    def wall_contact(cfg):
+        sim = BatchSim(SimConfig(), 48, seed=3)
+        sim.reset(seed=3)
+        pol = ExplorationPolicy(sim, cfg, seed=3)
+        ep = rollout(sim, pol, 300)
+        near = np.abs(ep["true_pose"][:, 1:, 0] - sim.layout.wall_x[:, None]) < 0.12
+        return float((ep["collided"] & near).mean()), pol
+
+    base, _ = wall_contact(ExplorationConfig())
+    pushed, pol = wall_contact(ExplorationConfig(p_direct=1.0, p_push=1.0))
+    assert pushed > 3 * base
+    assert pol.recover.max() == 0  # p_push=1: no collision ever starts a back-up
+
+
+def test_direct_route_targets_lie_in_the_other_room():
+    from edge.sim.world import room_of
+
+    sim = BatchSim(SimConfig(), 64, seed=4)
+    sim.reset(seed=4)
+    pol = ExplorationPolicy(sim, ExplorationConfig(p_waypoint=1.0, p_through_door=0.0, p_direct=1.0), seed=4)
+    here = room_of(sim.layout, sim.robot.pose[:, :2])
+    target = room_of(sim.layout, pol.route[:, 0])
+    assert np.all(pol.route_len == 1)
+    assert np.all(target != here)
+    assert np.all(pol.direct_left == pol.cfg.direct_steps)
+    same = ExplorationPolicy(sim, ExplorationConfig(p_waypoint=1.0, p_through_door=0.0), seed=4)
+    assert np.all(room_of(sim.layout, same.route[:, 0]) == here)
+
+
+@pytest.mark.parametrize("field", ["p_direct", "p_push"])
+def test_exploration_probabilities_are_checked(field):
+    with pytest.raises(ValueError, match=field):
+        ExplorationConfig(**{field: 1.5})
