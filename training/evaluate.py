@@ -15,7 +15,11 @@ and planning time per control tick for one robot (median over single-episode pla
 
 Diagnostics on held-out episodes (``data.path``'s validation split): a ridge linear probe of
 the true (x, y) from the embedding (R^2), prediction error vs horizon, and confidence
-calibration (Spearman rank correlation of predicted vs realised error, binned plot).
+calibration (Spearman rank correlation of predicted vs realised error, binned plot). In the
+simulator, whether the model knows the dividing wall blocks the robot (``training.walls``):
+the share of held-action rollouts the predictor drives through the wall while the simulated
+robot was stopped ("phantom crossings"), and how the embedding distance to a goal ranks against
+the geodesic and the straight-line distance.
 
 Writes ``OUT/eval.json``, ``OUT/episode_*.gif``, ``OUT/calibration.png``, ``OUT/error_vs_horizon.png``
 (``OUT`` defaults to ``RUN_DIR/eval``).
@@ -309,6 +313,9 @@ def evaluate(run_dir: str | Path, overrides: list[str] | None = None, out_dir: s
         if data is None:
             _, data = load_windows(cfg, min(cfg.objective.horizon * 2, 16))
         report["diagnostics"] = diagnostics(wm, data, out)
+        from training.walls import wall_diagnostics
+
+        report["diagnostics"]["walls"] = wall_diagnostics(wm, seed=cfg.eval.seed)
     (out / "eval.json").write_text(json.dumps(report, indent=2))
     return report
 
@@ -395,6 +402,12 @@ def _print_report(report: dict) -> None:
         print(f"probe R2 x {d.get('probe_r2_x', float('nan')):.3f} y {d.get('probe_r2_y', float('nan')):.3f}; "
               f"pred err rel step1 {d['pred_error_vs_horizon_relative'][0]:.4f} stepK {d['pred_error_vs_horizon_relative'][-1]:.4f}; "
               f"confidence Spearman {d['confidence_spearman']:.3f}")
+        w = d.get("walls")
+        if w:
+            print(f"walls: {w['phantom_crossings']}/{w['rollouts'] - w['true_crossings']} held-action rollouts the simulator "
+                  f"kept on their side are predicted through the dividing wall ({w['phantom_crossing_rate']:.0%}, "
+                  f"{w['horizon']} steps); embedding distance to a goal ranks like the geodesic "
+                  f"{w['geodesic_spearman']:.3f} vs the straight line {w['straight_spearman']:.3f} (Spearman)")
 
 
 if __name__ == "__main__":

@@ -66,6 +66,9 @@ def test_evaluate_end_to_end_writes_report_and_gif(tiny_run, tmp_path):
     assert json.loads((tmp_path / "eval.json").read_text())["planning"]["episodes"] == 2
     assert len(list(tmp_path.glob("episode_00_*.gif"))) == 1
     assert (tmp_path / "calibration.png").is_file()
+    w = rep["diagnostics"]["walls"]
+    assert 0.0 <= w["phantom_crossing_rate"] <= 1.0 and -1.0 <= w["geodesic_spearman"] <= 1.0
+    assert w["horizon"] == 4  # the planner's horizon (tiny run config)
 
 
 def test_evaluate_goal_room_same_reported(tiny_run, tmp_path):
