@@ -1,0 +1,208 @@
+"""Which part of the world model limits cross-room planning: the predictor or the metric?
+
+The same MPPI (``training.planner.plan_batch``: the run's planner config, N samples, H steps,
+J iterations, warm start shifted every ``action_repeat`` ticks) plans the same two-rooms
+episodes (goal in the other room, seed ``--seed``) with the rollouts and the cost swapped:
+
+| variant | rollouts | cost per step |
+|---|---|---|
+| ``learned`` | the trained predictor (what ``edge-eval`` measures) | embedding distance to the goal embedding |
+| ``sim_embedding`` | the simulator itself, every sample executed, then encoded | embedding distance to the goal embedding |
+| ``sim_straight`` | the simulator | straight-line distance to the goal (m) |
+| ``sim_geodesic`` | the simulator | shortest-path distance around the wall (``training.walls.geodesic_distance``) |
+
+``learned`` -> ``sim_embedding`` is what a perfect predictor would gain with the same metric;
+``sim_embedding`` -> ``sim_geodesic`` is what a shortest-path metric would gain on top;
+``sim_straight`` says how much of the embedding's behaviour is plain straight-line distance.
+Rollouts in the simulator start from the true pose (an oracle), so this is a diagnostic, not a
+planner for the robot. Expensive: every sample is simulated (N x H x action_repeat x J robot
+steps per episode per tick); ``--episodes 50`` at N=128 H=16 J=2 takes about 15-25 min per
+simulated variant on a 2-core machine.
+
+Example::
+
+    python benchmarks/oracle_planning.py runs/sensor_default --episodes 50 \
+        --variants learned,sim_embedding,sim_straight,sim_geodesic
+
+Prints a table (success with a Wilson 95% interval per variant) and writes
+``benchmarks/results/oracle_planning.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from edge.sim.env import BatchSim, SimConfig  # noqa: E402
+from edge.sim.world import Layout  # noqa: E402
+from training.evaluate import Encoder, run_episodes, wilson_interval  # noqa: E402
+from training.planner import plan_batch  # noqa: E402
+from training.walls import geodesic_distance  # noqa: E402
+
+VARIANTS = ("learned", "sim_embedding", "sim_straight", "sim_geodesic")
+
+
+class SimRolloutModel:
+    """A planner "model" whose rollouts run in the simulator (the planner's ``init_hidden``/``step``).
+
+    ``set_state`` fixes, for the B episodes being planned, the true poses, layouts and goals.
+    ``init_hidden(z [B*N, .])`` starts ``B*N`` simulated robots (episode-major, as
+    :func:`training.planner.rollout_cost` orders samples); each ``step`` applies one predictor
+    step's action for ``action_repeat`` control ticks. With ``cost="embedding"`` the returned
+    state is the encoder's embedding of the simulated observation (the planner's cost is then the
+    embedding distance to the goal embedding); with ``"straight"``/``"geodesic"`` it is a
+    one-element vector holding that distance to the goal in metres, planned against a goal of 0.
+    """
+
+    def __init__(self, sim_cfg: SimConfig, encode: Encoder, cost: str, action_repeat: int, seed: int):
+        self.sim_cfg = sim_cfg
+        self.encode = encode
+        self.cost = cost
+        self.action_repeat = action_repeat
+        self.seed = seed
+        self.calls = 0
+        self.sim: BatchSim | None = None
+
+    def set_state(self, pose: np.ndarray, layout: Layout, goal: np.ndarray) -> None:
+        self.pose, self.layout, self.goal = pose, layout, goal
+
+    def init_hidden(self, z: torch.Tensor) -> torch.Tensor:
+        b = len(self.pose)
+        n = z.shape[0] // b
+        rep = np.repeat(np.arange(b), n)
+        self.calls += 1
+        self.sim = BatchSim(self.sim_cfg, b * n, seed=self.seed + self.calls)
+        self.sim.reset(layout=self.layout.take(rep), start=self.pose[rep], goal=self.goal[rep])
+        return z.new_zeros(1)
+
+    def step(self, z: torch.Tensor, h: torch.Tensor, a: torch.Tensor):
+        sim, cfg = self.sim, self.sim_cfg
+        act = np.clip(a.numpy().astype(np.float64), -1.0, 1.0) * cfg.robot.max_wheel_speed
+        for _ in range(self.action_repeat - 1):
+            sim.robot.step(act, cfg.dt, sim.seg, sim.rng)
+        if self.cost == "embedding":
+            obs, _ = sim.step(a.numpy())
+            z_next = self.encode(obs)
+        else:
+            sim.robot.step(act, cfg.dt, sim.seg, sim.rng)
+            xy = sim.robot.pose[:, :2]
+            if self.cost == "straight":
+                d = np.linalg.norm(xy - sim.goal, axis=-1)
+            else:
+                lay = sim.layout
+                d = geodesic_distance(xy, sim.goal, lay.wall_x, lay.door_y, lay.door_width, cfg.robot.radius)
+            z_next = torch.from_numpy(d.astype(np.float32))[:, None]
+        return z_next, h, z_next.new_zeros(z_next.shape[0])
+
+
+def run_oracle(wm, cfg, cost: str, episodes: int, max_steps: int, seed: int) -> dict:
+    """Closed-loop episodes (same starts, goals and layouts as ``run_episodes``) planned in the simulator."""
+    sim_cfg = SimConfig()
+    sim = BatchSim(sim_cfg, episodes, seed=seed)
+    obs = sim.reset(seed=seed, mode="evaluate")
+    rng = np.random.default_rng(seed + 1)
+    encode = Encoder(wm)
+    goal_sim = BatchSim(sim_cfg, episodes, seed=seed + 2)
+    heading0 = rng.uniform(-np.pi, np.pi, size=(episodes, 1))
+    z_goal_all = encode(goal_sim.reset(layout=sim.layout, start=np.concatenate([sim.goal, heading0], -1), goal=sim.goal))
+    pc = cfg.planner
+    model = SimRolloutModel(sim_cfg, encode, cost.removeprefix("sim_"), cfg.data.action_repeat, seed + 100)
+    gen = torch.Generator().manual_seed(seed)
+    mean = torch.zeros(episodes, pc.horizon, 2)
+    success = np.zeros(episodes, bool)
+    steps_to_goal = np.full(episodes, -1)
+    t0 = time.perf_counter()
+    for t in tqdm(range(max_steps), desc=cost, leave=False):
+        idx = np.flatnonzero(~success)
+        model.set_state(sim.robot.pose[idx].copy(), sim.layout.take(idx), sim.goal[idx])
+        if model.cost == "embedding":
+            z0, zg = encode(obs)[idx], z_goal_all[idx]
+        else:
+            z0 = zg = torch.zeros(len(idx), 1)
+        noise = torch.randn(pc.iterations, len(idx), pc.samples, pc.horizon, 2, generator=gen)
+        std = torch.full((len(idx), pc.horizon, 2), pc.std_init)
+        r = plan_batch(model, z0, zg, mean[idx], std, noise, pc)
+        actions = np.zeros((episodes, 2))
+        actions[idx] = r.mean[:, 0].numpy()
+        if (t + 1) % cfg.data.action_repeat == 0:
+            mean[idx] = torch.cat([r.mean[:, 1:], r.mean[:, -1:]], dim=1)
+        else:
+            mean[idx] = r.mean
+        obs, info = sim.step(actions)
+        new = info["success"] & ~success
+        steps_to_goal[new] = t + 1
+        success |= info["success"]
+        if success.all():
+            break
+    k = int(success.sum())
+    return {"episodes": episodes, "successes": k, "success_rate": k / episodes,
+            "success_ci95": list(wilson_interval(k, episodes)),
+            "steps_to_goal_median": float(np.median(steps_to_goal[success])) if k else None,
+            "wall_s": time.perf_counter() - t0}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", help="run folder written by edge-train")
+    p.add_argument("--variants", default="learned,sim_embedding,sim_geodesic",
+                   help=f"comma-separated, from {', '.join(VARIANTS)} (default: learned,sim_embedding,sim_geodesic)")
+    p.add_argument("--episodes", type=int, default=50, help="other-room episodes (default 50)")
+    p.add_argument("--max-steps", type=int, default=None, help="control ticks per episode (default: the run's eval.max_steps)")
+    p.add_argument("--seed", type=int, default=1000, help="episode seed (default 1000, as edge-eval)")
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "oracle_planning.json")
+    p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. planner.samples=64 planner.horizon=24")
+    args = p.parse_intermixed_args(argv)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    bad = [v for v in variants if v not in VARIANTS]
+    if bad or not variants:
+        p.error(f"--variants: unknown {bad}; choose from {', '.join(VARIANTS)}")
+    if args.episodes < 1:
+        p.error(f"--episodes must be >= 1, got {args.episodes}")
+    from training.checkpoint import load_world_model
+    from training.config import _merge, config_from_dict, parse_overrides
+
+    try:
+        wm = load_world_model(args.run_dir)
+        cfg = config_from_dict(_merge(wm.config.to_dict(), parse_overrides(args.overrides)))
+    except (OSError, ValueError, RuntimeError) as e:
+        p.error(f"cannot load {args.run_dir} with overrides {args.overrides}: {e}")
+    if cfg.model.kind != "sensor":
+        p.error("oracle planning is implemented for sensor models (the simulated rollouts are not rendered)")
+    wm = dataclasses.replace(wm, config=cfg)
+    max_steps = args.max_steps or cfg.eval.max_steps
+    torch.set_num_threads(1)
+    rows = {}
+    for v in variants:
+        if v == "learned":
+            t0 = time.perf_counter()
+            r = run_episodes(wm, cfg, args.episodes, max_steps, args.seed, 0, None)
+            r["wall_s"] = time.perf_counter() - t0
+        else:
+            r = run_oracle(wm, cfg, v, args.episodes, max_steps, args.seed)
+        rows[v] = r
+        lo, hi = r["success_ci95"]
+        print(f"{v:14s} {r['successes']:3d}/{r['episodes']:<3d} ({lo:.0%}-{hi:.0%})  {r['wall_s']:.0f} s", flush=True)
+    pc = cfg.planner
+    print(f"\nrun {args.run_dir}; N={pc.samples} H={pc.horizon} J={pc.iterations}, action_repeat "
+          f"{cfg.data.action_repeat}, {max_steps} ticks, seed {args.seed}, goal in the other room")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"run_dir": str(args.run_dir), "samples": pc.samples, "horizon": pc.horizon,
+                                    "iterations": pc.iterations, "max_steps": max_steps, "seed": args.seed,
+                                    "variants": rows}, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
