@@ -455,8 +455,10 @@ def sim_miss_hint(episodes: list[dict[str, Any]], seed: int, cfg: RunConfig, bun
             f"{f' --episodes {len(episodes)}' if len(episodes) > 1 else ''} and look at {where}.")
     if bundle_name == "default" and cfg.sim.goal_room == "other" and cfg.goal.pose is None and cfg.goal.file is None:
         text += ("\nThe shipped default model reaches goals in the other room in about 25% of random "
-                 "layouts (it cannot see a door it is not facing and has no memory) and goals in the "
-                 "start room in 99%: try --goal-room same (models/default/MODEL_CARD.md).")
+                 "layouts (its predictor often imagines the robot driving through the dividing wall, and "
+                 "its embedding distance follows the straight line to the goal, so it heads into the wall; "
+                 "docs/TRAINING.md) and goals in the start room in 99%: try --goal-room same "
+                 "(models/default/MODEL_CARD.md).")
     return text
 
 
