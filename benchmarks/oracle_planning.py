@@ -7,17 +7,19 @@ episodes (goal in the other room, seed ``--seed``) with the rollouts and the cos
 | variant | rollouts | cost per step |
 |---|---|---|
 | ``learned`` | the trained predictor (what ``edge-eval`` measures) | embedding distance to the goal embedding |
+| ``learned_geodesic`` | the trained predictor | shortest-path distance around the wall of the position a linear probe reads from each predicted embedding |
 | ``sim_embedding`` | the simulator itself, every sample executed, then encoded | embedding distance to the goal embedding |
 | ``sim_straight`` | the simulator | straight-line distance to the goal (m) |
 | ``sim_geodesic`` | the simulator | shortest-path distance around the wall (``training.walls.geodesic_distance``) |
 
 ``learned`` -> ``sim_embedding`` is what a perfect predictor would gain with the same metric;
+``learned`` -> ``learned_geodesic`` is what a shortest-path metric would gain with the same predictor;
 ``sim_embedding`` -> ``sim_geodesic`` is what a shortest-path metric would gain on top;
 ``sim_straight`` says how much of the embedding's behaviour is plain straight-line distance.
 Rollouts in the simulator start from the true pose (an oracle), so this is a diagnostic, not a
 planner for the robot. Expensive: every sample is simulated (N x H x action_repeat x J robot
-steps per episode per tick); ``--episodes 50`` at N=128 H=16 J=2 takes about 15-25 min per
-simulated variant on a 2-core machine.
+steps per episode per tick); ``--episodes 100`` at N=128 H=16 J=2 took about 15 min per
+simulated variant on a shared 2-core machine (the ``learned`` row, 2.5 min).
 
 Example::
 
@@ -47,9 +49,9 @@ from edge.sim.env import BatchSim, SimConfig  # noqa: E402
 from edge.sim.world import Layout  # noqa: E402
 from training.evaluate import Encoder, run_episodes, wilson_interval  # noqa: E402
 from training.planner import plan_batch  # noqa: E402
-from training.walls import geodesic_distance  # noqa: E402
+from training.walls import fit_position_probe, geodesic_distance  # noqa: E402
 
-VARIANTS = ("learned", "sim_embedding", "sim_straight", "sim_geodesic")
+VARIANTS = ("learned", "learned_geodesic", "sim_embedding", "sim_straight", "sim_geodesic")
 
 
 class SimRolloutModel:
@@ -105,8 +107,35 @@ class SimRolloutModel:
         return z_next, h, z_next.new_zeros(z_next.shape[0])
 
 
+class ProbedGeodesicModel:
+    """The trained predictor's rollouts, costed by the geodesic distance of the probed position.
+
+    The planner's state is the one-element distance to the goal (planned against a goal of 0);
+    the predicted embedding and the GRU state travel in the hidden state. ``set_state`` fixes the
+    layouts and goals of the ``B`` episodes; ``init_hidden`` receives the start embeddings
+    ``[B*N, E]`` (episode-major).
+    """
+
+    def __init__(self, predictor, probe, clearance: float):
+        self.predictor, self.probe, self.clearance = predictor, probe, clearance
+
+    def set_state(self, layout: Layout, goal: np.ndarray) -> None:
+        self.layout, self.goal = layout, goal
+
+    def init_hidden(self, z: torch.Tensor):
+        rep = np.repeat(np.arange(len(self.goal)), z.shape[0] // len(self.goal))
+        self.rep_layout, self.rep_goal = self.layout.take(rep), self.goal[rep]
+        return z, self.predictor.init_hidden(z)
+
+    def step(self, z: torch.Tensor, h, a: torch.Tensor):
+        z_pred, h_gru, conf = self.predictor.step(h[0], h[1], a)
+        lay = self.rep_layout
+        d = geodesic_distance(self.probe(z_pred), self.rep_goal, lay.wall_x, lay.door_y, lay.door_width, self.clearance)
+        return torch.from_numpy(d.astype(np.float32))[:, None], (z_pred, h_gru), conf
+
+
 def run_oracle(wm, cfg, cost: str, episodes: int, max_steps: int, seed: int) -> dict:
-    """Closed-loop episodes (same starts, goals and layouts as ``run_episodes``) planned in the simulator."""
+    """Closed-loop episodes (same starts, goals and layouts as ``run_episodes``) with an oracle rollout or cost."""
     sim_cfg = SimConfig()
     sim = BatchSim(sim_cfg, episodes, seed=seed)
     obs = sim.reset(seed=seed, mode="evaluate")
@@ -116,7 +145,11 @@ def run_oracle(wm, cfg, cost: str, episodes: int, max_steps: int, seed: int) -> 
     heading0 = rng.uniform(-np.pi, np.pi, size=(episodes, 1))
     z_goal_all = encode(goal_sim.reset(layout=sim.layout, start=np.concatenate([sim.goal, heading0], -1), goal=sim.goal))
     pc = cfg.planner
-    model = SimRolloutModel(sim_cfg, encode, cost.removeprefix("sim_"), cfg.data.action_repeat, seed + 100)
+    if cost == "learned_geodesic":
+        probe = fit_position_probe(encode, sim_cfg, seed=seed + 200)
+        model = ProbedGeodesicModel(wm.predictor, probe, sim_cfg.robot.radius)
+    else:
+        model = SimRolloutModel(sim_cfg, encode, cost.removeprefix("sim_"), cfg.data.action_repeat, seed + 100)
     gen = torch.Generator().manual_seed(seed)
     mean = torch.zeros(episodes, pc.horizon, 2)
     success = np.zeros(episodes, bool)
@@ -124,11 +157,15 @@ def run_oracle(wm, cfg, cost: str, episodes: int, max_steps: int, seed: int) -> 
     t0 = time.perf_counter()
     for t in tqdm(range(max_steps), desc=cost, leave=False):
         idx = np.flatnonzero(~success)
-        model.set_state(sim.robot.pose[idx].copy(), sim.layout.take(idx), sim.goal[idx])
-        if model.cost == "embedding":
-            z0, zg = encode(obs)[idx], z_goal_all[idx]
+        if cost == "learned_geodesic":
+            model.set_state(sim.layout.take(idx), sim.goal[idx])
+            z0, zg = encode(obs)[idx], torch.zeros(len(idx), 1)
         else:
-            z0 = zg = torch.zeros(len(idx), 1)
+            model.set_state(sim.robot.pose[idx].copy(), sim.layout.take(idx), sim.goal[idx])
+            if model.cost == "embedding":
+                z0, zg = encode(obs)[idx], z_goal_all[idx]
+            else:
+                z0 = zg = torch.zeros(len(idx), 1)
         noise = torch.randn(pc.iterations, len(idx), pc.samples, pc.horizon, 2, generator=gen)
         std = torch.full((len(idx), pc.horizon, 2), pc.std_init)
         r = plan_batch(model, z0, zg, mean[idx], std, noise, pc)
@@ -160,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--episodes", type=int, default=50, help="other-room episodes (default 50)")
     p.add_argument("--max-steps", type=int, default=None, help="control ticks per episode (default: the run's eval.max_steps)")
     p.add_argument("--seed", type=int, default=1000, help="episode seed (default 1000, as edge-eval)")
-    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "oracle_planning.json")
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "oracle_planning.json",
+                   help="JSON report (default benchmarks/results/oracle_planning.json)")
     p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. planner.samples=64 planner.horizon=24")
     args = p.parse_intermixed_args(argv)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]

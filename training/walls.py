@@ -59,6 +59,32 @@ def _rank_corr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @torch.no_grad()
+def fit_position_probe(encode, sim_cfg, n: int = 256, *, camera: bool = False, seed: int = 0, batches: int = 3):
+    """A least-squares linear probe ``z -> (x, y)`` (metres) fit on ``batches x n`` random observations.
+
+    ``encode`` maps a simulator observation dict to ``z [n, E]`` (:class:`training.evaluate.Encoder`).
+    Returns ``probe(z [M, E] tensor) -> float64 [M, 2]`` and sets ``probe.rmse_m`` (fit residual).
+    """
+    from edge.sim.env import BatchSim
+
+    sim = BatchSim(sim_cfg, n, camera=camera, seed=seed)
+    zs, ps = [], []
+    for k in range(batches):
+        obs = sim.reset(seed=seed + 10 + k, mode="explore")
+        zs.append(encode(obs).double().numpy())
+        ps.append(sim.robot.pose[:, :2].copy())
+    z_fit, p_fit = np.concatenate(zs), np.concatenate(ps)
+    x_fit = np.c_[z_fit, np.ones(len(z_fit))]
+    coef = np.linalg.lstsq(x_fit, p_fit, rcond=None)[0]
+
+    def probe(z: torch.Tensor) -> np.ndarray:
+        zz = z.detach().double().numpy()
+        return np.c_[zz, np.ones(len(zz))] @ coef
+
+    probe.rmse_m = float(np.sqrt(np.mean(np.sum((x_fit @ coef - p_fit) ** 2, axis=1))))
+    return probe
+
+
 def wall_diagnostics(wm: WorldModel, *, rollouts: int = 256, layouts: int = 12, grid_step_m: float = 0.1,
                      horizon: int | None = None, action_repeat: int | None = None, seed: int = 0) -> dict:
     """Phantom-crossing rate of predicted rollouts and geodesic ranking of embedding distances.
@@ -84,22 +110,10 @@ def wall_diagnostics(wm: WorldModel, *, rollouts: int = 256, layouts: int = 12, 
     encode = Encoder(wm)
     rng = np.random.default_rng(seed)
 
-    # linear probe z -> (x, y) on random observations
+    probe = fit_position_probe(encode, sim_cfg, rollouts, camera=camera, seed=seed)
     sim = BatchSim(sim_cfg, rollouts, camera=camera, seed=seed)
-    zs, ps = [], []
-    for k in range(3):
-        obs = sim.reset(seed=seed + 10 + k, mode="explore")
-        zs.append(encode(obs).double().numpy())
-        ps.append(sim.robot.pose[:, :2].copy())
-    z_fit, p_fit = np.concatenate(zs), np.concatenate(ps)
-    x_fit = np.c_[z_fit, np.ones(len(z_fit))]
-    coef = np.linalg.lstsq(x_fit, p_fit, rcond=None)[0]
 
-    def probe(z: torch.Tensor) -> np.ndarray:
-        zz = z.double().numpy()
-        return np.c_[zz, np.ones(len(zz))] @ coef
-
-    probe_rmse = float(np.sqrt(((x_fit @ coef - p_fit) ** 2).sum(1).mean()))
+    probe_rmse = probe.rmse_m
 
     # 1) held actions: predictor vs simulator
     obs = sim.reset(seed=seed + 20, mode="evaluate")

@@ -58,3 +58,32 @@ def test_cli_rejects_unknown_variants(capsys):
         oracle.main(["runs/none", "--variants", "learned,teleport"])
     assert e.value.code == 2
     assert "teleport" in capsys.readouterr().err
+
+
+class _ShiftPredictor:
+    """z' = z + 0.1 a, confidence 1: the embedding is the position (m)."""
+
+    def init_hidden(self, z):
+        return z.new_zeros(1, z.shape[0], 1)
+
+    def step(self, z, h, a):
+        return z + 0.1 * a, h, z.new_ones(z.shape[0])
+
+
+def test_probed_geodesic_costs_the_predicted_positions_per_episode():
+    """Predictor rollouts costed by the geodesic of the probed position: two steps of the known
+    model land where expected, each episode against its own wall and goal."""
+    m = oracle.ProbedGeodesicModel(_ShiftPredictor(), probe=lambda z: z.double().numpy(), clearance=0.1)
+    m.set_state(LAYOUT, GOAL)
+    n = len(ACTIONS)
+    z0 = torch.from_numpy(POSE[:, :2]).float().repeat_interleave(n, dim=0)  # episode-major [2*n, 2]
+    h = m.init_hidden(z0)
+    a = ACTIONS.repeat(2, 1)
+    d1, h, _ = m.step(torch.zeros(2 * n, 1), h, a)
+    d2, h, conf = m.step(d1, h, a)
+    expect_xy = z0.double().numpy() + 0.2 * a.double().numpy()
+    rep = np.repeat([0, 1], n)
+    expect = geodesic_distance(expect_xy, GOAL[rep], LAYOUT.wall_x[rep], LAYOUT.door_y[rep], LAYOUT.door_width[rep], 0.1)
+    np.testing.assert_allclose(d2[:, 0].numpy(), expect, rtol=1e-5)
+    np.testing.assert_allclose(h[0].numpy(), expect_xy, atol=1e-6)
+    assert torch.all(conf == 1)
