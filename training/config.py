@@ -79,6 +79,7 @@ class ObjectiveConfig:
     distance_step: float = 0.25  # max embedding distance one predictor step may move
     distance_cap: float = 8.0  # pair distance where the push saturates (> longest trip in steps * distance_step)
     distance_local: float = 10.0  # weight of the one-step constraint relative to the push
+    ranges: float = 0.0  # range reconstruction: a linear head reads the 8 normalised ranges back from the online embedding (keeps obstacle distances in z, which the predictor needs to stop at a wall)
 
     def __post_init__(self) -> None:
         _check(self.target_mode in TARGET_MODES, "objective.target_mode", f"must be one of {TARGET_MODES}, got {self.target_mode!r}")
@@ -86,7 +87,7 @@ class ObjectiveConfig:
         _check(0.0 <= self.ema_momentum < 1.0, "objective.ema_momentum", f"must be in [0, 1), got {self.ema_momentum}")
         _check(0.0 <= self.center_momentum < 1.0, "objective.center_momentum", f"must be in [0, 1), got {self.center_momentum}")
         for name in ("pred", "variance", "covariance", "barlow", "barlow_lambda", "centering", "idm", "temporal", "confidence",
-                     "distance", "distance_local"):
+                     "distance", "distance_local", "ranges"):
             _check(getattr(self, name) >= 0.0, f"objective.{name}", f"must be >= 0, got {getattr(self, name)}")
         for name in ("distance_step", "distance_cap"):
             _check(getattr(self, name) > 0.0, f"objective.{name}", f"must be > 0, got {getattr(self, name)}")
@@ -101,11 +102,13 @@ class DataConfig:
     with_frames: bool = False  # load camera frames (camera models)
     max_windows: int = 0  # cap on training windows per epoch (0 = all)
     action_repeat: int = 1  # r: one predictor step = r control ticks (mean action over them); the planner holds an action r ticks
+    contact_oversample: int = 1  # training windows in which a wall stops the robot (odometry stalls under a drive command) are used this many times per epoch
 
     def __post_init__(self) -> None:
         _check(0.0 < self.val_fraction < 1.0, "data.val_fraction", f"must be in (0, 1), got {self.val_fraction}")
         _check(self.max_windows >= 0, "data.max_windows", f"must be >= 0, got {self.max_windows}")
         _check(self.action_repeat >= 1, "data.action_repeat", f"must be >= 1 (1 = one predictor step per control tick), got {self.action_repeat}")
+        _check(self.contact_oversample >= 1, "data.contact_oversample", f"must be >= 1 (1 = every window once), got {self.contact_oversample}")
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,7 @@ class WindowTensors:
 
     tensors: dict[str, torch.Tensor]
     episode: torch.Tensor | None = None  # [W] int64 episode id of each window (enables partner sampling)
+    repeated: int = 0  # windows added by data.contact_oversample (copies of contact windows)
     _by_episode: tuple | None = field(default=None, init=False, repr=False)
 
     def __len__(self) -> int:
@@ -194,4 +195,47 @@ def load_windows(cfg: Config, k: int) -> tuple[WindowTensors, WindowTensors]:
     tensors = {key: torch.from_numpy(np.ascontiguousarray(v)) for key, v in b.items()}
     if cfg.data.with_frames and "frame" not in tensors:
         raise DataError(f"{cfg.data.path} has no camera frames; collect with --camera for a camera model")
-    return split_windows(tensors, cfg.data.val_fraction, torch.from_numpy(ds.window_episode[idx]), seed=cfg.train.seed)
+    m = cfg.data.contact_oversample
+    if m > 1:
+        stall = stalled_ticks(ds.action, ds.pose)
+        cs = np.concatenate([[0], np.cumsum(stall)])
+        tensors["contact"] = torch.from_numpy(cs[ds.starts[idx] + ds.k] - cs[ds.starts[idx]] > 0)
+    train, val = split_windows(tensors, cfg.data.val_fraction, torch.from_numpy(ds.window_episode[idx]), seed=cfg.train.seed)
+    if m > 1:
+        val.tensors.pop("contact")
+        train = oversample_windows(train, train.tensors.pop("contact"), m)
+    return train, val
+
+
+def stalled_ticks(action: np.ndarray, pose: np.ndarray, min_command: float = 0.5, ratio: float = 0.3) -> np.ndarray:
+    """Control ticks in which a wall stops the robot, from the commands and the odometry alone.
+
+    ``action [N, 2]`` normalised wheel commands of tick ``t``; ``pose [N, 3]`` odometry before
+    tick ``t`` (``pose[t + 1]`` after it; episodes concatenated, each ending with an all-zero
+    action row, as :class:`edge.sim.dataset.WindowDataset` stores them). A tick stalls when both
+    wheels are driven the same way (``|mean action| > min_command``, in this tick and the one
+    before, so starting from rest does not count) but the odometry moves less than ``ratio``
+    times what that command moves it when free. The free displacement per unit command is
+    calibrated from the data (90th percentile over driven ticks), so flight logs from a robot
+    with another speed or rate work unchanged; nothing needs the simulator's collision flag.
+    Returns ``bool [N]``.
+    """
+    a = np.abs(np.asarray(action, np.float64).mean(axis=-1))
+    pose = np.asarray(pose, np.float64)
+    disp = np.zeros(len(a))
+    disp[:-1] = np.linalg.norm(pose[1:, :2] - pose[:-1, :2], axis=-1)
+    driven = (a > min_command) & (np.concatenate([[0.0], a[:-1]]) > min_command)
+    if not driven.any():
+        return np.zeros(len(a), dtype=bool)
+    per_unit = np.percentile(disp[driven] / a[driven], 90)
+    return driven & (disp < ratio * a * per_unit)
+
+
+def oversample_windows(ws: WindowTensors, mask: torch.Tensor, m: int) -> WindowTensors:
+    """``ws`` with the windows where ``mask [W]`` is true present ``m`` times instead of once."""
+    if m < 1:
+        raise ValueError(f"oversample factor must be >= 1, got {m}")
+    extra = torch.nonzero(mask).flatten().repeat(m - 1)
+    idx = torch.cat([torch.arange(len(ws)), extra])
+    episode = ws.episode[idx] if ws.episode is not None else None
+    return WindowTensors({k: v[idx] for k, v in ws.tensors.items()}, episode, repeated=len(extra))

@@ -32,6 +32,7 @@ from training.losses import (
     ConfidenceLoss,
     InverseDynamicsLoss,
     PredictionLoss,
+    RangeReconstructionLoss,
     TemporalDistanceLoss,
     TemporalSimilarityLoss,
     VICRegLoss,
@@ -84,6 +85,7 @@ class JEPA(nn.Module):
         self.centering = CenteringLoss(cfg.model.embed_dim, momentum=o.center_momentum) if o.centering > 0 else None
         self.distance_loss = (TemporalDistanceLoss(o.distance_step, o.distance_cap, o.distance_local)
                               if o.distance > 0 else None)
+        self.ranges_loss = RangeReconstructionLoss(cfg.model.embed_dim) if o.ranges > 0 else None
         self.idm = InverseDynamicsLoss(InverseDynamicsHead(cfg.model.embed_dim, cfg.model.idm_hidden)) if o.idm > 0 else None
 
     # -- encoders -------------------------------------------------------------------------
@@ -175,6 +177,10 @@ class JEPA(nn.Module):
             l_dist, p = self.distance_loss(z_on, z_on[:, 0], z_partner)
             parts.update(p)
             total = total + o.distance * l_dist
+        if self.ranges_loss is not None:
+            l_rng, p = self.ranges_loss(z_on, batch["sensor"])
+            parts.update(p)
+            total = total + o.ranges * l_rng
         if self.idm is not None:
             l_idm, p = self.idm(z_on[:, :-1].reshape(-1, e), z_on[:, 1:].reshape(-1, e), action.reshape(-1, action.shape[-1]))
             parts.update(p)

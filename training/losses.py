@@ -165,6 +165,26 @@ class TemporalDistanceLoss(nn.Module):
                       "dist_pair_mean": d_pair.mean().detach(), "dist_step_mean": d_step.mean().detach()}
 
 
+class RangeReconstructionLoss(nn.Module):
+    """A linear head reads the normalised range readings back from the embedding (training only).
+
+    ``loss = mean (W z + b - ranges)^2`` over the 8 ranges (``sensor[..., 0:8]``, in [0, 1]).
+    The temporal-distance objective alone shapes the embedding into a map of the pose (effective
+    rank ~3) that does not say where the walls are, so a predictor working from it cannot know
+    that a wall will stop the robot; this term keeps the obstacle distances in ``z``.
+    """
+
+    def __init__(self, embed_dim: int, num_ranges: int = 8):
+        super().__init__()
+        self.head = nn.Linear(embed_dim, num_ranges)
+        self.num_ranges = num_ranges
+
+    def forward(self, z: torch.Tensor, sensor: torch.Tensor) -> tuple[torch.Tensor, Parts]:
+        """``z [..., E]``, ``sensor [..., 14]`` (same leading shape)."""
+        loss = (self.head(z) - sensor[..., : self.num_ranges]).pow(2).mean()
+        return loss, {"ranges": loss.detach()}
+
+
 class ConfidenceLoss(nn.Module):
     """Regresses the confidence head onto the realised squared error (detached).
 

@@ -144,6 +144,10 @@ def _train(cfg: Config, resume: bool, data, rank: int, world: int, device: str, 
     seed_everything(cfg.train.seed)
     out_dir = Path(cfg.train.out_dir)
     train_set, val_set = data if data is not None else load_windows(cfg, cfg.objective.horizon)
+    if rank == 0 and train_set.repeated:
+        n_contact = train_set.repeated // (cfg.data.contact_oversample - 1)
+        print(f"data.contact_oversample={cfg.data.contact_oversample}: {n_contact} of {len(train_set) - train_set.repeated} "
+              f"training windows have the robot stopped by a wall; {len(train_set)} windows per epoch", flush=True)
     model = JEPA(cfg).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
