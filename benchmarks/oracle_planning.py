@@ -1,8 +1,9 @@
 """Which part of the world model limits cross-room planning: the predictor or the metric?
 
-The same MPPI (``training.planner.plan_batch``: the run's planner config, N samples, H steps,
-J iterations, warm start shifted every ``action_repeat`` ticks) plans the same two-rooms
-episodes (goal in the other room, seed ``--seed``) with the rollouts and the cost swapped:
+The same MPPI (``training.planner.MPCController``: the run's planner config, N samples, H steps,
+J iterations, warm start shifted every ``action_repeat`` ticks) plans ``edge-eval``'s two-rooms
+episodes (``training.evaluate.evaluation_episodes``: goal in the other room, seed ``--seed``)
+with the rollouts and the cost swapped:
 
 | variant | rollouts | cost per step |
 |---|---|---|
@@ -47,8 +48,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge.sim.env import BatchSim, SimConfig  # noqa: E402
 from edge.sim.world import Layout  # noqa: E402
-from training.evaluate import Encoder, run_episodes, wilson_interval  # noqa: E402
-from training.planner import plan_batch  # noqa: E402
+from training.evaluate import Encoder, evaluation_episodes, run_episodes, wilson_interval  # noqa: E402
+from training.planner import MPCController  # noqa: E402
 from training.walls import fit_position_probe, geodesic_distance  # noqa: E402
 
 VARIANTS = ("learned", "learned_geodesic", "sim_embedding", "sim_straight", "sim_geodesic")
@@ -135,46 +136,30 @@ class ProbedGeodesicModel:
 
 
 def run_oracle(wm, cfg, cost: str, episodes: int, max_steps: int, seed: int) -> dict:
-    """Closed-loop episodes (same starts, goals and layouts as ``run_episodes``) with an oracle rollout or cost."""
-    sim_cfg = SimConfig()
-    sim = BatchSim(sim_cfg, episodes, seed=seed)
-    obs = sim.reset(seed=seed, mode="evaluate")
-    rng = np.random.default_rng(seed + 1)
-    encode = Encoder(wm)
-    goal_sim = BatchSim(sim_cfg, episodes, seed=seed + 2)
-    heading0 = rng.uniform(-np.pi, np.pi, size=(episodes, 1))
-    z_goal_all = encode(goal_sim.reset(layout=sim.layout, start=np.concatenate([sim.goal, heading0], -1), goal=sim.goal))
-    pc = cfg.planner
+    """``edge-eval``'s episodes (:func:`training.evaluate.evaluation_episodes`) and receding-horizon
+    control (:class:`training.planner.MPCController`) with an oracle rollout or cost."""
+    sim, obs, encode, z_goal_all = evaluation_episodes(wm, episodes, seed)
+    sim_cfg = sim.cfg
     if cost == "learned_geodesic":
         probe = fit_position_probe(encode, sim_cfg, seed=seed + 200)
         model = ProbedGeodesicModel(wm.predictor, probe, sim_cfg.robot.radius)
     else:
         model = SimRolloutModel(sim_cfg, encode, cost.removeprefix("sim_"), cfg.data.action_repeat, seed + 100)
-    gen = torch.Generator().manual_seed(seed)
-    mean = torch.zeros(episodes, pc.horizon, 2)
+    embedding_cost = getattr(model, "cost", None) == "embedding"
+    ctl = MPCController(model, cfg.planner, batch=episodes, seed=seed, action_repeat=cfg.data.action_repeat)
+    distance_goal = torch.zeros(episodes, 1)  # straight / geodesic: the state is the distance itself
     success = np.zeros(episodes, bool)
     steps_to_goal = np.full(episodes, -1)
     t0 = time.perf_counter()
     for t in tqdm(range(max_steps), desc=cost, leave=False):
-        idx = np.flatnonzero(~success)
+        idx = np.flatnonzero(~success)  # the controller plans these, in this order
         if cost == "learned_geodesic":
             model.set_state(sim.layout.take(idx), sim.goal[idx])
-            z0, zg = encode(obs)[idx], torch.zeros(len(idx), 1)
+            z0, zg = encode(obs), distance_goal
         else:
             model.set_state(sim.robot.pose[idx].copy(), sim.layout.take(idx), sim.goal[idx])
-            if model.cost == "embedding":
-                z0, zg = encode(obs)[idx], z_goal_all[idx]
-            else:
-                z0 = zg = torch.zeros(len(idx), 1)
-        noise = torch.randn(pc.iterations, len(idx), pc.samples, pc.horizon, 2, generator=gen)
-        std = torch.full((len(idx), pc.horizon, 2), pc.std_init)
-        r = plan_batch(model, z0, zg, mean[idx], std, noise, pc)
-        actions = np.zeros((episodes, 2))
-        actions[idx] = r.mean[:, 0].numpy()
-        if (t + 1) % cfg.data.action_repeat == 0:
-            mean[idx] = torch.cat([r.mean[:, 1:], r.mean[:, -1:]], dim=1)
-        else:
-            mean[idx] = r.mean
+            z0, zg = (encode(obs), z_goal_all) if embedding_cost else (distance_goal, distance_goal)
+        actions = ctl.act(z0, zg, torch.from_numpy(~success)).numpy()
         obs, info = sim.step(actions)
         new = info["success"] & ~success
         steps_to_goal[new] = t + 1

@@ -106,21 +106,21 @@ class Encoder:
         return self.wm.encoder(frame, pose4_from_sensor(sensor))
 
 
-def run_episodes(wm: WorldModel, cfg: Config, episodes: int, max_steps: int, seed: int, gifs: int,
-                 out_dir: Path | None, progress: bool = True, goal_headings: int = 1, goal_room: str = "other") -> dict:
-    """Closed-loop planning episodes; returns the planning metrics (and writes GIFs).
+def evaluation_episodes(wm: WorldModel, episodes: int, seed: int, goal_headings: int = 1, goal_room: str = "other"):
+    """The planning episodes of ``edge-eval`` for ``seed``: ``(sim, obs, encode, z_goal)``.
 
-    The goal embedding is the encoding of an observation taken at the goal position with a
-    random heading, or, with ``goal_headings = K > 1``, the mean of the encodings at K evenly
-    spaced headings there (a heading-agnostic "place" goal). ``goal_room``: ``"other"`` (the
-    issue's task: the goal is behind the dividing wall) or ``"same"`` (no door to find: isolates
-    the model's local accuracy from finding the door).
+    ``sim`` is a reset :class:`edge.sim.env.BatchSim` (``goal_room`` ``"other"``: the goal is
+    behind the dividing wall; ``"same"``: in the start's room), ``obs`` its first observation,
+    ``encode`` an :class:`Encoder` and ``z_goal [B, E]`` the goal embedding: the encoding of an
+    observation taken at the goal with a random heading, or, with ``goal_headings = K > 1``,
+    the mean over K evenly spaced headings there. Anything planning the same seed plans the
+    same starts, goals, layouts and goal embeddings.
     """
     if goal_room not in ("other", "same"):
         raise ValueError(f"goal_room must be 'other' or 'same', got {goal_room!r}")
     from edge.sim.env import BatchSim, SimConfig
 
-    camera = cfg.model.kind == "camera"
+    camera = wm.config.model.kind == "camera"
     sim_cfg = SimConfig()
     sim = BatchSim(sim_cfg, episodes, camera=camera, seed=seed)
     obs = sim.reset(seed=seed, mode="evaluate" if goal_room == "other" else "same_room")
@@ -132,7 +132,17 @@ def run_episodes(wm: WorldModel, cfg: Config, episodes: int, max_steps: int, see
     for k in range(goal_headings):
         goal_pose = np.concatenate([sim.goal, heading0 + 2 * np.pi * k / goal_headings], axis=-1)
         z_goals.append(encode(goal_sim.reset(layout=sim.layout, start=goal_pose, goal=sim.goal)))
-    z_goal = torch.stack(z_goals).mean(0)
+    return sim, obs, encode, torch.stack(z_goals).mean(0)
+
+
+def run_episodes(wm: WorldModel, cfg: Config, episodes: int, max_steps: int, seed: int, gifs: int,
+                 out_dir: Path | None, progress: bool = True, goal_headings: int = 1, goal_room: str = "other") -> dict:
+    """Closed-loop planning episodes (:func:`evaluation_episodes`); returns the planning metrics (and writes GIFs).
+
+    ``goal_headings`` and ``goal_room``: see :func:`evaluation_episodes` (``"same"`` isolates
+    the model's local accuracy from finding the door).
+    """
+    sim, obs, encode, z_goal = evaluation_episodes(wm, episodes, seed, goal_headings, goal_room)
     ctl = MPCController(wm.predictor, cfg.planner, batch=episodes, seed=seed, action_repeat=cfg.data.action_repeat)
     success = np.zeros(episodes, bool)
     steps_to_goal = np.full(episodes, -1)

@@ -113,8 +113,6 @@ def wall_diagnostics(wm: WorldModel, *, rollouts: int = 256, layouts: int = 12, 
     probe = fit_position_probe(encode, sim_cfg, rollouts, camera=camera, seed=seed)
     sim = BatchSim(sim_cfg, rollouts, camera=camera, seed=seed)
 
-    probe_rmse = probe.rmse_m
-
     # 1) held actions: predictor vs simulator
     obs = sim.reset(seed=seed + 20, mode="evaluate")
     wall = sim.layout.wall_x
@@ -139,7 +137,7 @@ def wall_diagnostics(wm: WorldModel, *, rollouts: int = 256, layouts: int = 12, 
         "rollouts": rollouts,
         "horizon": horizon,
         "action_repeat": action_repeat,
-        "probe_rmse_m": probe_rmse,
+        "probe_rmse_m": probe.rmse_m,
         "true_crossings": int(true_cross.sum()),
         "predicted_crossings": int(pred_cross.sum()),
         "phantom_crossings": int((pred_cross & stayed).sum()),
