@@ -27,6 +27,9 @@ Example::
     python benchmarks/oracle_planning.py runs/sensor_default --episodes 50 \
         --variants learned,sim_embedding,sim_straight,sim_geodesic
 
+With the override ``eval.recovery=true`` every variant runs the runtime's unsticking reflex
+(``edge.safety.StuckRecovery``: back off a wall the robot is pushing against), as ``edge-run`` does.
+
 Prints a table (success with a Wilson 95% interval per variant) and writes
 ``benchmarks/results/oracle_planning.json``.
 """
@@ -48,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge.sim.env import BatchSim, SimConfig  # noqa: E402
 from edge.sim.world import Layout  # noqa: E402
-from training.evaluate import Encoder, evaluation_episodes, run_episodes, wilson_interval  # noqa: E402
+from training.evaluate import Encoder, evaluation_episodes, make_recovery, run_episodes, wilson_interval  # noqa: E402
 from training.planner import MPCController  # noqa: E402
 from training.walls import fit_position_probe, geodesic_distance  # noqa: E402
 
@@ -147,6 +150,7 @@ def run_oracle(wm, cfg, cost: str, episodes: int, max_steps: int, seed: int) -> 
         model = SimRolloutModel(sim_cfg, encode, cost.removeprefix("sim_"), cfg.data.action_repeat, seed + 100)
     embedding_cost = getattr(model, "cost", None) == "embedding"
     ctl = MPCController(model, cfg.planner, batch=episodes, seed=seed, action_repeat=cfg.data.action_repeat)
+    recovery = make_recovery(cfg, sim, seed)
     distance_goal = torch.zeros(episodes, 1)  # straight / geodesic: the state is the distance itself
     success = np.zeros(episodes, bool)
     steps_to_goal = np.full(episodes, -1)
@@ -160,6 +164,8 @@ def run_oracle(wm, cfg, cost: str, episodes: int, max_steps: int, seed: int) -> 
             model.set_state(sim.robot.pose[idx].copy(), sim.layout.take(idx), sim.goal[idx])
             z0, zg = (encode(obs), z_goal_all) if embedding_cost else (distance_goal, distance_goal)
         actions = ctl.act(z0, zg, torch.from_numpy(~success)).numpy()
+        if recovery is not None:
+            actions = recovery.step(actions, obs["pose"][:, :2], ~success)[0]
         obs, info = sim.step(actions)
         new = info["success"] & ~success
         steps_to_goal[new] = t + 1
@@ -218,11 +224,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{v:14s} {r['successes']:3d}/{r['episodes']:<3d} ({lo:.0%}-{hi:.0%})  {r['wall_s']:.0f} s", flush=True)
     pc = cfg.planner
     print(f"\nrun {args.run_dir}; N={pc.samples} H={pc.horizon} J={pc.iterations}, action_repeat "
-          f"{cfg.data.action_repeat}, {max_steps} ticks, seed {args.seed}, goal in the other room")
+          f"{cfg.data.action_repeat}, {max_steps} ticks, seed {args.seed}, goal in the other room, unsticking reflex "
+          f"{'on' if cfg.eval.recovery else 'off'}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"run_dir": str(args.run_dir), "samples": pc.samples, "horizon": pc.horizon,
                                     "iterations": pc.iterations, "max_steps": max_steps, "seed": args.seed,
-                                    "variants": rows}, indent=2) + "\n")
+                                    "recovery": cfg.eval.recovery, "variants": rows}, indent=2) + "\n")
     print(f"wrote {args.out}")
     return 0
 

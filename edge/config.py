@@ -114,6 +114,34 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class RecoveryConfig:
+    """Unsticking reflex (edge/safety.py :class:`~edge.safety.StuckRecovery`): when the planner
+    asks to drive but the odometry shows the robot is not moving (pressed against a wall, or held
+    by the range guard), back off with a turn for a moment, then hand control back to the planner.
+    Planner commands only; every reflex command still passes the safety guard (rear ranges)."""
+
+    enabled: bool = True             # false: the planner keeps pushing (the confidence stall check still stops it)
+    stuck_s: float = 0.15            # drive requested this long while the odometry moves slower than min_speed_mps
+    min_speed_mps: float = 0.04      # odometry speed below which the robot counts as not moving (m/s)
+    drive_threshold: float = 0.2     # |mean of the two wheel commands| above this counts as a drive request
+    backoff_s: float = 0.3           # how long the reflex drives (opposite to the request, turning)
+    backoff_speed: float = 0.6       # reflex drive speed, normalised
+    backoff_turn: float = 0.3        # reflex turn (wheel difference / 2), normalised; direction drawn at random
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.enabled, bool), "recovery.enabled", f"must be true or false, got {self.enabled!r}")
+        _finite_pos(self.stuck_s, "recovery.stuck_s")
+        _finite_pos(self.min_speed_mps, "recovery.min_speed_mps")
+        _finite_pos(self.backoff_s, "recovery.backoff_s")
+        _require(0.0 <= self.drive_threshold < 1.0, "recovery.drive_threshold",
+                 f"must be in [0, 1), got {self.drive_threshold!r}")
+        _require(0.0 < self.backoff_speed <= 1.0, "recovery.backoff_speed",
+                 f"must be in (0, 1], got {self.backoff_speed!r}")
+        _require(0.0 <= self.backoff_turn <= 1.0 - self.backoff_speed + 1e-12, "recovery.backoff_turn",
+                 f"must be in [0, 1 - backoff_speed] so no wheel command exceeds 1, got {self.backoff_turn!r}")
+
+
+@dataclass(frozen=True)
 class ConfidenceConfig:
     """When the planner counts as not confident (edge/loop.py: ``confidence``)."""
 
@@ -258,6 +286,7 @@ class RunConfig:
     robot: RobotConfig = field(default_factory=RobotConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     confidence: ConfidenceConfig = field(default_factory=ConfidenceConfig)
+    recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
     fallback: FallbackConfig = field(default_factory=FallbackConfig)
     recorder: RecorderConfig = field(default_factory=RecorderConfig)
     sim: SimConfig = field(default_factory=SimConfig)

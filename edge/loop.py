@@ -13,7 +13,9 @@ plan       ONE ``backend.plan`` call, warm-started with the previous plan shifte
            step, noise ``[J, N, H, A]`` taken from a ring refilled after the command is sent
 decide     confidence from the plan; the planner's first action, or an accepted fallback
            macro-action, or the hold action while a fallback request is in flight, or a stop
-           when confidence has been low for ``confidence.low_ticks`` ticks and no fallback
+           when confidence has been low for ``confidence.low_ticks`` ticks and no fallback;
+           then :class:`edge.safety.StuckRecovery` (``recovery``) replaces a planner command
+           with a short back-off while the robot is stuck against an obstacle
 guard      :class:`edge.safety.SafetyGuard` (range guard, limits, sensor faults)
 send       SET_VEL with wheel targets in rad/s (normalised action * ``max_wheel_speed``)
 record     flight recorder channels (docs/FLIGHT_LOG.md) and the status view
@@ -44,7 +46,7 @@ import numpy as np
 from edge.config import RunConfig
 from edge.fallback.base import Fallback, FallbackEvent, MacroAction, Situation
 from edge.odometry import Odometry, wrap_angle
-from edge.safety import EStop, SafetyGuard
+from edge.safety import EStop, SafetyGuard, StuckRecovery
 from edge.sim.obs import SensorNormalisation, sensor_vector
 
 log = logging.getLogger("edge.loop")
@@ -181,7 +183,7 @@ class TickInfo:
     tick: int
     t: float                                  # loop seconds since start
     action: tuple[float, float]               # normalised command actually sent
-    source: str                               # planner | fallback | hold | safety | estop
+    source: str                               # planner | recovery | fallback | hold | safety | estop
     timings_ms: dict[str, float]              # per stage, wall milliseconds
     total_ms: float
     overrun: bool
@@ -197,6 +199,7 @@ class TickInfo:
     plan_mean: np.ndarray | None = None       # [H, 2]
     pose: tuple[float, float, float] | None = None
     true_pose: tuple[float, float, float] | None = None
+    recovery_started: bool = False            # the unsticking reflex started this tick
 
 
 @dataclass
@@ -305,6 +308,8 @@ class ControlLoop:
         self.noise = NoiseRing((p.J, p.N, p.H, p.A), slots=2, seed=noise_seed)
         self.guard = SafetyGuard(config.limits, self.norm.max_range_m, self.max_wheel_speed)
         self.period = 1.0 / config.rate_hz
+        self.recovery = (StuckRecovery(config.recovery, self.period, seed=noise_seed)
+                         if config.recovery.enabled else None)
         self.error_scale = self._error_scale(config, bundle)
         self.uses_camera = p.encoder == "camera"
 
@@ -367,6 +372,8 @@ class ControlLoop:
         self._cost_hist.clear()
         self._speed_hist.clear()
         self._macro = None
+        if self.recovery is not None:
+            self.recovery.reset()
         if self.recorder is not None:
             pose = list(goal.pose) if goal.pose is not None else [None, None, None]
             self.recorder.write("/goal", self.tick_index, self._now(), {"pose": pose, "source": goal.source})
@@ -607,6 +614,7 @@ class ControlLoop:
         emb_dist = None
         via_head = False
         guard_reasons: tuple[str, ...] = ()
+        recovery_started = False
         if obs is None:
             command, source = (0.0, 0.0), "safety"
             for stage in ("encode", "plan", "decide", "guard"):
@@ -642,10 +650,22 @@ class ControlLoop:
                 self._mean = head
                 via_head = True
                 command, source = (float(head[0, 0]), float(head[0, 1])), "planner"
+            if self.recovery is not None:
+                if source == "planner":
+                    sent, reflex, started = self.recovery.step(np.array([command]), np.array([obs.pose[:2]]))
+                    if reflex[0]:
+                        command, source = (float(sent[0, 0]), float(sent[0, 1])), "recovery"
+                    if started[0]:
+                        recovery_started = True
+                        self._event("recovery", f"stuck: the planner asked to drive but the robot has not moved "
+                                                f"for {self.recovery.stuck_ticks} ticks; backing off for "
+                                                f"{self.recovery.backoff_ticks} ticks")
+                else:  # fallback, hold or safety in control: start the motion history afresh
+                    self.recovery.reset()
             lap("decide")
             g = self.guard.guard(command[0], command[1], obs.ranges_m, obs.wheel_speeds, obs.pose,
                                  self.period)
-            if g.modified and source in ("planner", "fallback", "hold"):
+            if g.modified and source in ("planner", "recovery", "fallback", "hold"):
                 guard_reasons = g.reasons
                 if g.sensor_fault:
                     source = "safety"
@@ -678,7 +698,8 @@ class ControlLoop:
                         goal_distance_m=goal_distance,
                         embedding_distance=emb_dist, guard_reasons=guard_reasons,
                         plan_mean=None if plan is None else self._mean.copy(),
-                        pose=None if obs is None else obs.pose, true_pose=true_pose)
+                        pose=None if obs is None else obs.pose, true_pose=true_pose,
+                        recovery_started=recovery_started)
         if overrun:
             self.overruns += 1
             now_wall = time.monotonic()

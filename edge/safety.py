@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge.config import LimitsConfig
+from edge.config import LimitsConfig, RecoveryConfig
 
 #: Sensor indices (index 0 forward, counter-clockwise, 45 degrees apart) per guarded direction,
 #: with the fraction of ``range_guard_m`` each must keep clear.
@@ -192,6 +192,103 @@ def _limit_speedup(prev: float, target: float, step: float) -> float:
         return target
     delta = max(-step, min(step, target - prev))
     return prev + delta
+
+
+class StuckRecovery:
+    """The unsticking reflex of :class:`~edge.config.RecoveryConfig`, batched over ``B`` robots
+    (``edge-run`` uses one; ``edge-eval --recovery`` runs all its episodes at once).
+
+    Each tick, :meth:`step` takes the commands the planner asks for and the odometry position,
+    and returns the commands to send. A robot is *stuck* when for ``stuck_s`` the command it
+    was sent asked to drive (``|mean wheel command| > drive_threshold``) while its odometry moved
+    slower than ``min_speed_mps``: it is pressed against an obstacle or the range guard holds it.
+    A stuck robot then drives the other way for ``backoff_s`` with a turn of random direction
+    (``[-s - t, -s + t]`` after a forward push), after which the planner is in control again.
+
+    Why: the world models this runtime plans with are least accurate in contact with walls (a
+    predictor that takes the robot through a wall keeps the planner pushing against it), and
+    the simulated robot, like one with a bumper, does not slide along a wall it touches. Measured
+    in docs/TRAINING.md ("Unsticking reflex").
+
+    Stall detection uses the wheel encoders' odometry: a robot whose wheels spin on the floor
+    while it stands still is not detected (a current sensor or an IMU would be needed).
+
+    Args:
+        cfg: the reflex settings.
+        period_s: control period (seconds per :meth:`step` call).
+        batch: number of robots B.
+        seed: seed of the turn directions.
+    """
+
+    def __init__(self, cfg: RecoveryConfig, period_s: float, batch: int = 1, seed: int | None = None):
+        if not (math.isfinite(period_s) and period_s > 0):
+            raise ValueError(f"StuckRecovery: period_s must be a finite number > 0, got {period_s!r}")
+        if batch < 1:
+            raise ValueError(f"StuckRecovery: batch must be >= 1, got {batch!r}")
+        self.cfg = cfg
+        self.period_s = float(period_s)
+        self.batch = int(batch)
+        self.stuck_ticks = max(1, round(cfg.stuck_s / period_s))
+        self.backoff_ticks = max(1, round(cfg.backoff_s / period_s))
+        self.rng = np.random.default_rng(seed)
+        self.count = np.zeros(batch, dtype=np.int64)      # recoveries started per robot
+        self.reset()
+
+    def reset(self, mask: np.ndarray | None = None) -> None:
+        """Forget the motion history (all robots, or those in ``mask [B] bool``): after a goal
+        change, a stop or a link loss. Counters are kept."""
+        m = np.ones(self.batch, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+        if not hasattr(self, "_xy"):
+            self._xy = np.full((self.batch, 2), np.nan)
+            self._sent_v = np.zeros(self.batch)
+            self._stuck = np.zeros(self.batch, dtype=np.int64)
+            self._left = np.zeros(self.batch, dtype=np.int64)
+            self._command = np.zeros((self.batch, 2))
+        self._xy[m] = np.nan
+        self._sent_v[m] = 0.0
+        self._stuck[m] = 0
+        self._left[m] = 0
+
+    @property
+    def recovering(self) -> np.ndarray:
+        """``[B] bool``: the reflex will drive these robots at the next :meth:`step`."""
+        return self._left > 0
+
+    def step(self, requested: np.ndarray, xy: np.ndarray,
+             active: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One tick.
+
+        Args:
+            requested: ``[B, 2]`` normalised wheel commands the planner asks for.
+            xy: ``[B, 2]`` odometry position (metres) now, i.e. after the last command.
+            active: ``[B] bool`` robots that may start a reflex (default all); others pass through.
+        Returns:
+            ``command [B, 2]`` to send, ``reflex [B] bool`` (the command is the reflex's),
+            ``started [B] bool`` (a reflex started this tick).
+        """
+        req = np.asarray(requested, dtype=np.float64).reshape(self.batch, 2)
+        pos = np.asarray(xy, dtype=np.float64).reshape(self.batch, 2)
+        c = self.cfg
+        with np.errstate(invalid="ignore"):
+            speed = np.hypot(*(pos - self._xy).T) / self.period_s  # NaN on the first tick: not stuck
+        self._xy = pos.copy()
+        pushing = (np.abs(self._sent_v) > c.drive_threshold) & (speed < c.min_speed_mps) & (self._left == 0)
+        self._stuck = np.where(pushing, self._stuck + 1, 0)
+        ok = np.ones(self.batch, dtype=bool) if active is None else np.asarray(active, dtype=bool)
+        started = (self._stuck >= self.stuck_ticks) & (self._left == 0) & ok
+        if started.any():
+            turn = self.rng.choice([-1.0, 1.0], size=self.batch)
+            back = -np.sign(self._sent_v) * c.backoff_speed
+            cmd = np.stack([back - c.backoff_turn * turn, back + c.backoff_turn * turn], axis=-1)
+            self._command = np.where(started[:, None], cmd, self._command)
+            self._left = np.where(started, self.backoff_ticks, self._left)
+            self._stuck[started] = 0
+            self.count += started
+        reflex = self._left > 0
+        out = np.where(reflex[:, None], self._command, req)
+        self._left = np.maximum(self._left - 1, 0)
+        self._sent_v = out.mean(axis=1)
+        return out, reflex, started
 
 
 class EStop:

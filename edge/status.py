@@ -52,6 +52,7 @@ class RunStats:
         self.low_conf_ticks = 0
         self.link_lost_ticks = 0
         self.guard_interventions = 0
+        self.recoveries = 0  # unsticking reflexes started
         self.guard_reasons: Counter[str] = Counter()  # ticks per kind of guard change
         self.confidence: list[float] = []
         self.last: TickInfo | None = None
@@ -66,6 +67,7 @@ class RunStats:
         self.low_conf_ticks += int(info.low_confidence)
         self.link_lost_ticks += int(not info.link_ok)
         self.guard_interventions += int(bool(info.guard_reasons))
+        self.recoveries += int(info.recovery_started)
         self.guard_reasons.update({guard_reason_kind(r) for r in info.guard_reasons})
         if info.confidence is not None:
             self.confidence.append(info.confidence)
@@ -103,6 +105,7 @@ def summarise(stats: RunStats, extra: dict[str, Any] | None = None) -> dict[str,
         "low_confidence_ticks": stats.low_conf_ticks,
         "link_lost_ticks": stats.link_lost_ticks,
         "guard_interventions": stats.guard_interventions,
+        "recoveries": stats.recoveries,
         "guard_reasons": dict(sorted(stats.guard_reasons.items(), key=lambda kv: (-kv[1], _kind_rank(kv[0])))),
         "confidence_mean": float(np.mean(stats.confidence)) if stats.confidence else None,
     }
@@ -150,7 +153,8 @@ def print_summary(summary: dict[str, Any], console: Any = None) -> None:
     reasons = summary.get("guard_reasons") or {}
     why = f" ({', '.join(f'{k} {v}' for k, v in reasons.items())})" if reasons else ""
     table.add_row("safety", f"guard changed {summary['guard_interventions']} commands{why}, link lost "
-                            f"{summary['link_lost_ticks']} ticks, low confidence {summary['low_confidence_ticks']} ticks")
+                            f"{summary['link_lost_ticks']} ticks, low confidence {summary['low_confidence_ticks']} ticks, "
+                            f"unsticking reflex {summary.get('recoveries', 0)} times")
     for key in ("mcap", "gif", "summary_json"):
         if key in summary:
             table.add_row(key, str(summary[key]))

@@ -169,11 +169,15 @@ class EvalConfig:
     max_steps: int = 300  # control steps per episode
     seed: int = 1000  # episode layouts and starts/goals
     gifs: int = 3  # episodes rendered to GIF
+    # the runtime's unsticking reflex (edge.config.RecoveryConfig defaults; edge-run has it on):
+    # off measures the world model and planner alone, as every figure before 2026-12-04 did
+    recovery: bool = False
 
     def __post_init__(self) -> None:
         for name in ("episodes", "max_steps"):
             _check(getattr(self, name) >= 1, f"eval.{name}", f"must be >= 1, got {getattr(self, name)}")
         _check(self.gifs >= 0, "eval.gifs", f"must be >= 0, got {self.gifs}")
+        _check(isinstance(self.recovery, bool), "eval.recovery", f"must be true or false, got {self.recovery!r}")
 
 
 @dataclass(frozen=True)

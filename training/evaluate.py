@@ -144,6 +144,7 @@ def run_episodes(wm: WorldModel, cfg: Config, episodes: int, max_steps: int, see
     """
     sim, obs, encode, z_goal = evaluation_episodes(wm, episodes, seed, goal_headings, goal_room)
     ctl = MPCController(wm.predictor, cfg.planner, batch=episodes, seed=seed, action_repeat=cfg.data.action_repeat)
+    recovery = make_recovery(cfg, sim, seed)
     success = np.zeros(episodes, bool)
     steps_to_goal = np.full(episodes, -1)
     collisions = np.zeros(episodes, int)
@@ -157,6 +158,8 @@ def run_episodes(wm: WorldModel, cfg: Config, episodes: int, max_steps: int, see
         t0 = time.perf_counter()
         actions = ctl.act(z, z_goal, torch.from_numpy(~success)).numpy()
         t_plan += time.perf_counter() - t0
+        if recovery is not None:
+            actions = recovery.step(actions, obs["pose"][:, :2], ~success)[0]
         obs, info = sim.step(actions)
         collisions += info["collided"] & ~success
         new = info["success"] & ~success
@@ -184,7 +187,21 @@ def run_episodes(wm: WorldModel, cfg: Config, episodes: int, max_steps: int, see
         "final_goal_distance_m_mean": float(sim.goal_distance().mean()),
         "collision_steps_mean": float(collisions.mean()),
         "batched_plan_time_s_per_tick": t_plan / max(t + 1, 1),
+        "recovery": recovery is not None,
+        "recoveries_mean": float(recovery.count.mean()) if recovery is not None else 0.0,
     }
+
+
+def make_recovery(cfg: Config, sim, seed: int):
+    """The runtime's unsticking reflex (:class:`edge.safety.StuckRecovery`, default
+    :class:`edge.config.RecoveryConfig`) for the episodes of ``sim`` when ``cfg.eval.recovery``
+    is on, else None."""
+    if not cfg.eval.recovery:
+        return None
+    from edge.config import RecoveryConfig
+    from edge.safety import StuckRecovery
+
+    return StuckRecovery(RecoveryConfig(), sim.cfg.dt, batch=sim.num_envs, seed=seed + 3)
 
 
 def _write_gif(frames: list[np.ndarray], path: Path) -> None:

@@ -63,7 +63,7 @@ CHANNELS: dict[str, dict] = {
         {
             "left": {"type": "number", "minimum": -1, "maximum": 1},
             "right": {"type": "number", "minimum": -1, "maximum": 1},
-            "source": {"enum": ["planner", "fallback", "hold", "safety", "estop"]},
+            "source": {"enum": ["planner", "recovery", "fallback", "hold", "safety", "estop"]},
         },
         ["left", "right", "source"],
     ),

@@ -272,7 +272,7 @@ def test_stuck_robot_with_flat_cost_counts_as_low_confidence() -> None:
     """Cost statistics: a best cost that does not improve for stall_ticks ticks while the wheels
     do not turn is low confidence (here: stop without a fallback); a moving robot is not stuck."""
     cfg = load_config(None, [{"confidence": {"threshold": 0.0, "low_ticks": 2, "stall_ticks": 5},
-                              "limits": {"max_accel": 1000.0}}])
+                              "limits": {"max_accel": 1000.0}, "recovery": {"enabled": False}}])
     loop, clock, link, backend, infos = make_loop(cfg)
     link.send_velocity = lambda l, r: link.sent.append((l, r))  # commands never turn the wheels
     sources = []
@@ -287,6 +287,40 @@ def test_stuck_robot_with_flat_cost_counts_as_low_confidence() -> None:
         out.append(moving.tick(clock2.now() + 1).source)
         clock2.advance(0.05)
     assert out == ["planner"] * 8
+
+
+def test_stuck_robot_gets_the_unsticking_reflex_through_the_guard(tmp_path: Path) -> None:
+    """With the reflex on (the default), a robot whose wheels do not turn although the planner
+    drives forward backs off with a turn after recovery.stuck_s: source "recovery", an event in
+    the flight log, the summary count; the reflex's reverse command still passes the rear guard."""
+    cfg = load_config(None, [{"limits": {"max_accel": 1000.0}}])
+    rec = FlightRecorder(tmp_path / "f.mcap")
+    loop, clock, link, backend, _ = make_loop(cfg, recorder=rec)
+    link.send_velocity = lambda l, r: link.sent.append((l, r))  # commands never turn the wheels
+    infos = []
+    for _ in range(12):
+        infos.append(loop.tick(clock.now() + 1))
+        clock.advance(0.05)
+    sources = [i.source for i in infos]
+    assert sources[:3] == ["planner"] * 3 and sources[3:9] == ["recovery"] * 6 and sources[9] == "planner"
+    assert [i.recovery_started for i in infos].count(True) == 2  # again after 3 more stuck ticks
+    left, right = link.sent[3]
+    assert (left + right) / 2 == pytest.approx(-0.6 * 10.0) and abs(left - right) == pytest.approx(0.6 * 10.0)
+    assert any(kind == "recovery" for _, kind, _ in loop.events)
+    link.ranges = [1.5, 1.5, 1.5, 0.05, 0.05, 0.05, 1.5, 1.5]  # wall behind: the guard stops the reverse part
+    guarded = 0
+    for _ in range(6):
+        info = loop.tick(clock.now() + 1)
+        clock.advance(0.05)
+        if info.source == "recovery":
+            l, r = info.action
+            assert (l + r) / 2 == pytest.approx(0.0) and abs(l - r) > 0 and info.guard_reasons
+            guarded += 1
+    assert guarded >= 3
+    rec.close()
+    log = read_flight_log(tmp_path / "f.mcap")
+    assert "recovery" in [m["kind"] for m in log.messages["/events"]]
+    assert "recovery" in [m["source"] for m in log.messages["/action"]]
 
 
 HEAD_ACTIONS = np.tile(np.array([[0.3, -0.3]], np.float32), (4, 1))

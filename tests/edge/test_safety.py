@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge.config import LimitsConfig
-from edge.safety import EStop, SafetyGuard, sensor_problems
+from edge.config import ConfigError, LimitsConfig, RecoveryConfig
+from edge.safety import EStop, SafetyGuard, StuckRecovery, sensor_problems
 
 CLEAR = [2.0] * 8
 OK = dict(wheel_speeds=[0.0, 0.0], pose=[0.0, 0.0, 0.0])
@@ -183,3 +183,72 @@ def test_run_summary_counts_guard_changes_by_kind() -> None:
     print_summary(s, console=console)
     assert ("guard changed 3 commands (range guard 1, speed limit 1, acceleration limit 1, "
             "non-finite command 1)") in console.export_text()
+
+
+# ---------------------------------------------------------------- unsticking reflex (StuckRecovery)
+
+def _drive(rec: StuckRecovery, requested, positions):
+    """Feed one requested command per tick with the given odometry positions; return the outputs."""
+    out = []
+    for xy in positions:
+        out.append(rec.step(np.asarray(requested, float), np.asarray(xy, float)))
+    return out
+
+
+def test_reflex_starts_after_stuck_s_of_pushing_and_backs_off_with_a_turn() -> None:
+    """Period 0.05 s, stuck_s 0.15 -> 3 ticks; backoff_s 0.3 -> 6 ticks of [-s -+ t, -s +- t]."""
+    cfg = RecoveryConfig()
+    rec = StuckRecovery(cfg, 0.05, batch=1, seed=0)
+    assert (rec.stuck_ticks, rec.backoff_ticks) == (3, 6)
+    out = _drive(rec, [[0.8, 0.8]], [[[0.5, 0.0]]] * 12)   # forward requested, odometry never moves
+    starts = [i for i, (_, _, started) in enumerate(out) if started[0]]
+    # tick 0 has no motion history; ticks 1, 2, 3 see no motion after a forward command -> start at 3
+    assert starts[0] == 3
+    for i in range(3):
+        assert not out[i][1][0] and np.allclose(out[i][0], [[0.8, 0.8]])
+    cmd = out[3][0][0]
+    assert cmd.mean() == pytest.approx(-cfg.backoff_speed)              # drives backwards
+    assert abs(cmd[1] - cmd[0]) == pytest.approx(2 * cfg.backoff_turn)  # and turns
+    assert [bool(o[1][0]) for o in out[3:9]] == [True] * 6              # for backoff_ticks ticks
+    assert all(np.allclose(o[0][0], cmd) for o in out[3:9])
+    assert not out[9][1][0] and np.allclose(out[9][0], [[0.8, 0.8]])   # then the planner again
+    assert rec.count.tolist() == [len(starts)]
+
+
+def test_moving_robot_turning_robot_and_inactive_robot_never_trigger() -> None:
+    rec = StuckRecovery(RecoveryConfig(), 0.05, batch=3, seed=0)
+    requested = np.array([[0.8, 0.8], [-0.5, 0.5], [0.8, 0.8]])      # drive; turn in place; drive
+    active = np.array([True, True, False])
+    for t in range(20):
+        xy = np.array([[0.01 * t, 0.0], [0.0, 0.0], [0.0, 0.0]])     # robot 0 moves 0.2 m/s
+        out, reflex, started = rec.step(requested, xy, active)
+        assert not reflex.any() and not started.any()
+        assert np.allclose(out, requested)
+    assert rec.count.tolist() == [0, 0, 0]
+
+
+def test_reflex_after_a_backward_push_drives_forward_and_reset_forgets_history() -> None:
+    cfg = RecoveryConfig()
+    rec = StuckRecovery(cfg, 0.05, batch=1, seed=1)
+    out = _drive(rec, [[-0.7, -0.7]], [[[0.0, 0.0]]] * 4)
+    assert out[3][2][0] and out[3][0][0].mean() == pytest.approx(cfg.backoff_speed)
+    rec.reset()
+    assert not rec.recovering.any()
+    out = _drive(rec, [[0.8, 0.8]], [[[0.0, 0.0]]] * 3)              # history restarts: 3 more ticks needed
+    assert not any(o[2][0] for o in out)
+
+
+def test_reflex_ticks_follow_the_control_period() -> None:
+    rec = StuckRecovery(RecoveryConfig(stuck_s=0.2, backoff_s=0.5), 0.02)
+    assert (rec.stuck_ticks, rec.backoff_ticks) == (10, 25)
+    with pytest.raises(ValueError, match="period_s"):
+        StuckRecovery(RecoveryConfig(), 0.0)
+
+
+@pytest.mark.parametrize("kw, field", [({"backoff_speed": 0.8, "backoff_turn": 0.3}, "recovery.backoff_turn"),
+                                       ({"stuck_s": 0.0}, "recovery.stuck_s"),
+                                       ({"drive_threshold": 1.0}, "recovery.drive_threshold"),
+                                       ({"enabled": "yes"}, "recovery.enabled")])
+def test_recovery_config_errors_name_the_field(kw, field) -> None:
+    with pytest.raises(ConfigError, match=field):
+        RecoveryConfig(**kw)

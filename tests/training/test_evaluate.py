@@ -84,3 +84,23 @@ def test_cli_bad_run_dir(tmp_path, capsys):
     """A folder without a checkpoint exits 2 with a one-line error."""
     assert main([str(tmp_path)]) == 2
     assert "config.json" in capsys.readouterr().err
+
+
+def test_eval_recovery_backs_a_robot_off_the_wall_it_pushes(tiny_run, monkeypatch):
+    """eval.recovery=true runs the runtime's unsticking reflex in edge-eval's loop: a planner that
+    always drives full forward ends up pressed against a wall; with the reflex the robot backs off
+    (reflexes counted, fewer ticks in collision), without it nothing intervenes."""
+    import dataclasses
+
+    import training.evaluate as ev
+
+    out, _ = tiny_run
+    wm = load_world_model(out)
+    monkeypatch.setattr(ev.MPCController, "act", lambda self, z0, zg, active=None: torch.ones(self.batch, 2))
+    results = {}
+    for on in (False, True):
+        cfg = dataclasses.replace(wm.config, eval=dataclasses.replace(wm.config.eval, recovery=on))
+        results[on] = ev.run_episodes(wm, cfg, 4, 120, 5, 0, None, progress=False)
+    assert results[False]["recovery"] is False and results[False]["recoveries_mean"] == 0.0
+    assert results[True]["recovery"] is True and results[True]["recoveries_mean"] >= 1.0
+    assert results[True]["collision_steps_mean"] < results[False]["collision_steps_mean"]
