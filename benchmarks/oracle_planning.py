@@ -176,6 +176,7 @@ def run_oracle(wm, cfg, cost: str, episodes: int, max_steps: int, seed: int) -> 
     return {"episodes": episodes, "successes": k, "success_rate": k / episodes,
             "success_ci95": list(wilson_interval(k, episodes)),
             "steps_to_goal_median": float(np.median(steps_to_goal[success])) if k else None,
+            "recoveries_mean": float(recovery.count.mean()) if recovery is not None else 0.0,
             "wall_s": time.perf_counter() - t0}
 
 

@@ -621,6 +621,8 @@ class ControlLoop:
                 timings[stage] = 0.0
             self._send(0.0, 0.0)
             self.guard.reset()
+            if self.recovery is not None:  # the robot was stopped: no stale motion history after the outage
+                self.recovery.reset()
             lap("send")
         else:
             self.last_obs = obs
@@ -669,6 +671,8 @@ class ControlLoop:
                 guard_reasons = g.reasons
                 if g.sensor_fault:
                     source = "safety"
+                    if self.recovery is not None:
+                        self.recovery.reset()
             command = (g.left, g.right)
             lap("guard")
             if not self._send(*command):

@@ -12,6 +12,9 @@ plans towards the embedding of an observation taken at the goal (random heading)
 the true robot centre within the simulator's ``success_radius`` of the goal within
 ``--max-steps``. Reports the success rate with a Wilson 95% interval, steps to goal (successes)
 and planning time per control tick for one robot (median over single-episode plan calls).
+The override ``eval.recovery=true`` adds ``edge-run``'s unsticking reflex (``edge.safety.StuckRecovery``:
+back off when a drive command leaves the robot still), so the figure matches what the runtime does;
+off by default, it measures the world model and planner alone.
 
 Diagnostics on held-out episodes (``data.path``'s validation split): a ridge linear probe of
 the true (x, y) from the embedding (R^2), prediction error vs horizon, and confidence

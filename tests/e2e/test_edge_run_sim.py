@@ -82,7 +82,8 @@ def test_link_loss_stops_the_robot_and_the_loop_resumes(random_bundle: Path, tmp
     during = [actions[t] for t in range(lost, restored)]
     assert all(a["left"] == 0 and a["right"] == 0 and a["source"] == "safety" for a in during)
     after = [actions[t]["source"] for t in range(restored, max(actions) + 1)]
-    assert after.count("planner") >= len(after) - 1
+    # the planner (or the unsticking reflex standing in for it) drives again
+    assert after.count("planner") + after.count("recovery") >= len(after) - 1 and after.count("planner") > 0
     truth = by_tick(log.messages["/true_pose"])
     settle = lost + 8  # 0.4 s after detection: the firmware watchdog (200 ms) has stopped the motors
     moved = math.dist(truth[settle]["pose"][:2], truth[restored - 1]["pose"][:2])
