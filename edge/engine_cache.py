@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
@@ -50,6 +51,13 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown-cpu"
+
+
+def unique_tmp(path: Path) -> Path:
+    """A temporary name next to ``path``, unique per process and call, for write-then-rename:
+    two ``edge-run`` processes starting together on a new bundle build the same cache entry at
+    once, and a shared temporary name let one rename the other's file away (FileNotFoundError)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
 
 
 @dataclass(frozen=True)
@@ -165,7 +173,7 @@ class EngineCache:
 
     def _write_sidecar(self, key: EngineKey, path: Path) -> None:
         side = self.sidecar(path)
-        tmp = side.with_name(side.name + ".tmp")
+        tmp = unique_tmp(side)
         tmp.write_text(json.dumps({"key": key.as_json(), "sha256": sha256_file(path)}, indent=1), encoding="utf-8")
         os.replace(tmp, side)
 
@@ -186,7 +194,7 @@ class EngineCache:
             return CacheResult(path, "hit", reason)
         self.invalidate(key, ext)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp = unique_tmp(path)
         try:
             build(tmp)
             if not tmp.is_file() or tmp.stat().st_size == 0:

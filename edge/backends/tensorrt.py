@@ -46,7 +46,7 @@ import numpy as np
 
 from edge.backends import PLANNER_INPUTS, PLANNER_OUTPUTS, InferenceBackend
 from edge.bundle import Bundle, BundleError
-from edge.engine_cache import CacheResult, EngineCache, EngineKey, options_key
+from edge.engine_cache import CacheResult, EngineCache, EngineKey, options_key, unique_tmp
 
 INSTALL_HINT = ("TensorRT and cuda-python are needed for device 'jetson': on JetPack 6 run "
                 "`sudo apt-get install python3-libnvinfer` (TensorRT ships with JetPack), then in a venv created "
@@ -203,7 +203,7 @@ def build_engine(trt: Any, onnx_path: Path, plan: BuildPlan, out_path: Path, tim
         raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path.name} (see the log above)")
     out_path.write_bytes(bytes(serialized))
     timing_cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = timing_cache.with_name(timing_cache.name + ".tmp")
+    tmp = unique_tmp(timing_cache)
     tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
     tmp.replace(timing_cache)
 

@@ -156,3 +156,32 @@ def test_ort_backend_uses_and_repairs_the_cache(tmp_path_factory, tmp_path: Path
     np.testing.assert_allclose(b2.plan(*args).mean_out, r0.mean_out, atol=1e-6)
     key_other_threads = replace(b2.key("planner"), options=options_key({"graph_optimization": "basic"}))
     assert cache.check(key_other_threads, "onnx")[0] == "stale"
+
+
+def test_two_processes_building_the_same_entry_at_once_both_succeed(tmp_path: Path, monkeypatch) -> None:
+    """Two edge-run processes started together on a new bundle build the same entry at once. The
+    interleaving that broke it: B writes and renames its sidecar between A's write and A's
+    rename. With a shared temporary name A's rename found nothing (FileNotFoundError); with
+    per-call names both finish and the entry is a verified hit."""
+    import os as _os
+
+    import edge.engine_cache as ec
+
+    real_replace = _os.replace
+    c_a, c_b = EngineCache(tmp_path), EngineCache(tmp_path)
+    b = lambda tmp: tmp.write_bytes(b"same engine")  # both build from the same bundle: same bytes  # noqa: E731
+    state = {"interleaved": False}
+
+    def replace(src, dst):
+        if str(dst).endswith(".json") and not state["interleaved"]:
+            state["interleaved"] = True
+            c_b.invalidate(_key(), "plan")
+            c_b.get_or_build(_key(), "plan", b)  # process B runs to completion in between
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(ec.os, "replace", replace)
+    r = c_a.get_or_build(_key(), "plan", b)
+    assert state["interleaved"] and r.status == "built"
+    monkeypatch.setattr(ec.os, "replace", real_replace)
+    assert c_a.check(_key(), "plan")[0] == "hit"
+    assert not list(tmp_path.rglob("*.tmp"))
