@@ -196,7 +196,7 @@ def _limit_speedup(prev: float, target: float, step: float) -> float:
 
 class StuckRecovery:
     """The unsticking reflex of :class:`~edge.config.RecoveryConfig`, batched over ``B`` robots
-    (``edge-run`` uses one; ``edge-eval --recovery`` runs all its episodes at once).
+    (``edge-run`` uses one; ``edge-eval`` with ``eval.recovery=true`` runs all its episodes at once).
 
     Each tick, :meth:`step` takes the commands the planner asks for and the odometry position,
     and returns the commands to send. A robot is *stuck* when for ``stuck_s`` the command it
@@ -208,7 +208,7 @@ class StuckRecovery:
     Why: the world models this runtime plans with are least accurate in contact with walls (a
     predictor that takes the robot through a wall keeps the planner pushing against it), and
     the simulated robot, like one with a bumper, does not slide along a wall it touches. Measured
-    in docs/TRAINING.md ("Unsticking reflex").
+    in docs/TRAINING.md ("What still fails", item 8).
 
     Stall detection uses the wheel encoders' odometry: a robot whose wheels spin on the floor
     while it stands still is not detected (a current sensor or an IMU would be needed).
@@ -232,18 +232,16 @@ class StuckRecovery:
         self.backoff_ticks = max(1, round(cfg.backoff_s / period_s))
         self.rng = np.random.default_rng(seed)
         self.count = np.zeros(batch, dtype=np.int64)      # recoveries started per robot
-        self.reset()
+        self._xy = np.full((batch, 2), np.nan)             # odometry position at the last step (NaN: none yet)
+        self._sent_v = np.zeros(batch)                     # mean wheel command sent at the last step
+        self._stuck = np.zeros(batch, dtype=np.int64)      # consecutive ticks pushing without moving
+        self._left = np.zeros(batch, dtype=np.int64)       # reflex ticks still to drive
+        self._command = np.zeros((batch, 2))               # the running reflex's command
 
     def reset(self, mask: np.ndarray | None = None) -> None:
         """Forget the motion history (all robots, or those in ``mask [B] bool``): after a goal
         change, a stop or a link loss. Counters are kept."""
         m = np.ones(self.batch, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
-        if not hasattr(self, "_xy"):
-            self._xy = np.full((self.batch, 2), np.nan)
-            self._sent_v = np.zeros(self.batch)
-            self._stuck = np.zeros(self.batch, dtype=np.int64)
-            self._left = np.zeros(self.batch, dtype=np.int64)
-            self._command = np.zeros((self.batch, 2))
         self._xy[m] = np.nan
         self._sent_v[m] = 0.0
         self._stuck[m] = 0
