@@ -165,7 +165,8 @@ def run_oracle(wm, cfg, cost: str, episodes: int, max_steps: int, seed: int) -> 
             z0, zg = (encode(obs), z_goal_all) if embedding_cost else (distance_goal, distance_goal)
         actions = ctl.act(z0, zg, torch.from_numpy(~success)).numpy()
         if recovery is not None:
-            actions = recovery.step(actions, obs["pose"][:, :2], ~success)[0]
+            gd = torch.linalg.vector_norm(encode(obs) - z_goal_all, dim=-1).numpy()
+            actions = recovery.step(actions, obs["pose"][:, :2], ~success, obs["ranges"], gd)[0]
         obs, info = sim.step(actions)
         new = info["success"] & ~success
         steps_to_goal[new] = t + 1
@@ -177,6 +178,7 @@ def run_oracle(wm, cfg, cost: str, episodes: int, max_steps: int, seed: int) -> 
             "success_ci95": list(wilson_interval(k, episodes)),
             "steps_to_goal_median": float(np.median(steps_to_goal[success])) if k else None,
             "recoveries_mean": float(recovery.count.mean()) if recovery is not None else 0.0,
+            "wall_follows_mean": float(recovery.follows.mean()) if recovery is not None else 0.0,
             "wall_s": time.perf_counter() - t0}
 
 

@@ -117,8 +117,10 @@ class LimitsConfig:
 class RecoveryConfig:
     """Unsticking reflex (edge/safety.py :class:`~edge.safety.StuckRecovery`): when the planner
     asks to drive but the odometry shows the robot is not moving (pressed against a wall, or held
-    by the range guard), back off with a turn for a moment, then hand control back to the planner.
-    Planner commands only; every reflex command still passes the safety guard (rear ranges)."""
+    by the range guard), back off with a turn for a moment; then, with ``follow_wall``, follow the
+    wall (range sensors) until the embedding distance to the goal is below what it was where the
+    robot got stuck (or ``follow_max_s`` passes), and hand control back to the planner.
+    Planner commands only; every reflex command still passes the safety guard."""
 
     enabled: bool = True             # false: the planner keeps pushing (the confidence stall check still stops it)
     stuck_s: float = 0.15            # drive requested this long while the odometry moves slower than min_speed_mps
@@ -127,9 +129,19 @@ class RecoveryConfig:
     backoff_s: float = 0.3           # how long the reflex drives (opposite to the request, turning)
     backoff_speed: float = 0.6       # reflex drive speed, normalised
     backoff_turn: float = 0.3        # reflex turn (wheel difference / 2), normalised; direction drawn at random
+    follow_wall: bool = True         # after the back-off, follow the wall (Bug-style) until the goal is closer
+    follow_distance_m: float = 0.12  # side range (m) the wall follower keeps
+    follow_speed: float = 0.6        # wall-following forward speed, normalised
+    follow_max_s: float = 6.0        # give up following after this long (the next one goes the other way)
 
     def __post_init__(self) -> None:
         _require(isinstance(self.enabled, bool), "recovery.enabled", f"must be true or false, got {self.enabled!r}")
+        _require(isinstance(self.follow_wall, bool), "recovery.follow_wall",
+                 f"must be true or false, got {self.follow_wall!r}")
+        _finite_pos(self.follow_distance_m, "recovery.follow_distance_m")
+        _finite_pos(self.follow_max_s, "recovery.follow_max_s")
+        _require(0.0 < self.follow_speed <= 0.65, "recovery.follow_speed",
+                 f"must be in (0, 0.65] (the follower adds up to 0.35 of turn), got {self.follow_speed!r}")
         _finite_pos(self.stuck_s, "recovery.stuck_s")
         _finite_pos(self.min_speed_mps, "recovery.min_speed_mps")
         _finite_pos(self.backoff_s, "recovery.backoff_s")

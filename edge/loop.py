@@ -15,7 +15,8 @@ decide     confidence from the plan; the planner's first action, or an accepted 
            macro-action, or the hold action while a fallback request is in flight, or a stop
            when confidence has been low for ``confidence.low_ticks`` ticks and no fallback;
            then :class:`edge.safety.StuckRecovery` (``recovery``) replaces a planner command
-           with a short back-off while the robot is stuck against an obstacle
+           with a short back-off while the robot is stuck against an obstacle, and then with
+           wall following until the embedding distance to the goal beats the stuck point's
 guard      :class:`edge.safety.SafetyGuard` (range guard, limits, sensor faults)
 send       SET_VEL with wheel targets in rad/s (normalised action * ``max_wheel_speed``)
 record     flight recorder channels (docs/FLIGHT_LOG.md) and the status view
@@ -654,14 +655,28 @@ class ControlLoop:
                 command, source = (float(head[0, 0]), float(head[0, 1])), "planner"
             if self.recovery is not None:
                 if source == "planner":
-                    sent, reflex, started = self.recovery.step(np.array([command]), np.array([obs.pose[:2]]))
-                    if reflex[0]:
+                    was_following = bool(self.recovery.following[0])
+                    sent, override, started = self.recovery.step(
+                        np.array([command]), np.array([obs.pose[:2]]), None,
+                        np.array([obs.ranges_m], dtype=np.float64), np.array([emb_dist]))
+                    if override[0]:
                         command, source = (float(sent[0, 0]), float(sent[0, 1])), "recovery"
+                    following = bool(self.recovery.following[0])
                     if started[0]:
                         recovery_started = True
-                        self._event("recovery", f"stuck: the planner asked to drive but the robot has not moved "
+                        then = ""
+                        if following and not was_following:
+                            then = (f", then following the wall on the "
+                                    f"{'left' if self.recovery.side[0] > 0 else 'right'} until the embedding "
+                                    f"distance to the goal is below {emb_dist:.2f}")
+                        self._event("recovery", f"stuck: the robot was asked to drive but has not moved "
                                                 f"for {self.recovery.stuck_ticks} ticks; backing off for "
-                                                f"{self.recovery.backoff_ticks} ticks")
+                                                f"{self.recovery.backoff_ticks} ticks{then}")
+                    elif was_following and not following:
+                        self._event("recovery", "wall following ended: "
+                                    + ("the goal is closer than where the robot got stuck"
+                                       if emb_dist < self.recovery.stuck_distance[0] else
+                                       f"no progress in {self.recovery.cfg.follow_max_s:g} s"))
                 else:  # fallback, hold or safety in control: start the motion history afresh
                     self.recovery.reset()
             lap("decide")

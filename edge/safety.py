@@ -194,21 +194,81 @@ def _limit_speedup(prev: float, target: float, step: float) -> float:
     return prev + delta
 
 
+#: Wall follower constants, tuned in the simulator for the shipped robot geometry (0.16 m wheel
+#: base, 0.5 m/s at a normalised command of 1); the settings a user may change are in
+#: :class:`~edge.config.RecoveryConfig`.
+FOLLOW_GAIN = 2.0          # turn per metre of side-distance error (normalised turn / m)
+FOLLOW_ALIGN_GAIN = 1.0    # turn per metre of front-diagonal minus rear-diagonal range (keeps parallel)
+FOLLOW_MAX_TURN = 0.35     # largest turn while tracking the wall (normalised)
+FOLLOW_LOST_M = (0.4, 0.55)  # side / diagonal ranges beyond which the wall is lost (a door or a corner)
+FOLLOW_ARC = (0.4, 0.16)   # (speed, turn) of the arc towards the lost wall: ~0.2 m radius round a door post
+FOLLOW_BLOCKED_M = (0.15, 0.06)  # front range, or front diagonal projected on the side, below which
+                                 # the follower turns in place, away from the wall
+FOLLOW_CORNER_M = (0.2, 0.35, 0.15)  # inner corner: front < [0], side < [1], after > [2] m along the wall
+_DIAG_CAP_M = 0.6          # diagonal ranges are capped here (a far reading says only "no wall")
+
+
+def wall_follow_command(ranges_m: np.ndarray, side: np.ndarray, distance_m: float, speed: float) -> np.ndarray:
+    """Normalised wheel commands ``[B, 2]`` that follow the wall on ``side [B]`` (+1: the wall on
+    the robot's left, -1: on its right) at a side range of ``distance_m``, from range readings
+    ``ranges_m [B, 8]`` (metres, sensor ``i`` at bearing ``45 * i`` degrees, counter-clockwise;
+    NaN counts as touching).
+
+    Tracking: the turn is ``FOLLOW_GAIN * (d - distance_m)`` towards the wall, where ``d`` is
+    the nearest of the side range and the two diagonal ranges projected on the side, plus
+    ``FOLLOW_ALIGN_GAIN * (front diagonal - rear diagonal)`` (zero when parallel to a straight
+    wall). When side and both diagonals see no wall (the end of a wall: a door or an outer
+    corner) the robot arcs round towards that side, which takes it through a door. When the
+    front is blocked (an inner corner, or facing the wall after a back-off) it turns in place
+    away from the wall.
+    """
+    r = np.nan_to_num(np.asarray(ranges_m, dtype=np.float64), nan=0.0)
+    s = np.asarray(side, dtype=np.float64)
+    left = s > 0
+    lat = np.where(left, r[:, 2], r[:, 6])
+    diag = np.minimum(np.where(left, r[:, 1], r[:, 7]), _DIAG_CAP_M)
+    rear = np.minimum(np.where(left, r[:, 3], r[:, 5]), _DIAG_CAP_M)
+    d = np.minimum.reduce([lat, diag * math.sqrt(0.5), rear * math.sqrt(0.5)])
+    w = s * np.clip(FOLLOW_GAIN * (d - distance_m) + FOLLOW_ALIGN_GAIN * math.sqrt(0.5) * (diag - rear),
+                    -FOLLOW_MAX_TURN, FOLLOW_MAX_TURN)
+    v = np.full(len(s), float(speed))
+    lost = (lat > FOLLOW_LOST_M[0]) & (diag > FOLLOW_LOST_M[1]) & (rear > FOLLOW_LOST_M[1])
+    v = np.where(lost, FOLLOW_ARC[0], v)
+    w = np.where(lost, s * FOLLOW_ARC[1], w)
+    blocked = (r[:, 0] < FOLLOW_BLOCKED_M[0]) | (diag * math.sqrt(0.5) < FOLLOW_BLOCKED_M[1])
+    v = np.where(blocked, 0.0, v)
+    w = np.where(blocked, -s * 0.5, w)
+    return np.stack([v - w, v + w], axis=-1)
+
+
 class StuckRecovery:
-    """The unsticking reflex of :class:`~edge.config.RecoveryConfig`, batched over ``B`` robots
-    (``edge-run`` uses one; ``edge-eval`` with ``eval.recovery=true`` runs all its episodes at once).
+    """The unsticking reflex and the wall follower of :class:`~edge.config.RecoveryConfig`,
+    batched over ``B`` robots (``edge-run`` uses one; ``edge-eval`` with ``eval.recovery=true``
+    runs all its episodes at once).
 
     Each tick, :meth:`step` takes the commands the planner asks for and the odometry position,
     and returns the commands to send. A robot is *stuck* when for ``stuck_s`` the command it
     was sent asked to drive (``|mean wheel command| > drive_threshold``) while its odometry moved
     slower than ``min_speed_mps``: it is pressed against an obstacle or the range guard holds it.
     A stuck robot then drives the other way for ``backoff_s`` with a turn of random direction
-    (``[-s - t, -s + t]`` after a forward push), after which the planner is in control again.
+    (``[-s - t, -s + t]`` after a forward push).
+
+    With ``follow_wall`` (and :meth:`step` given the ranges and the embedding distance to the
+    goal), the robot then follows the wall, as the Bug algorithms of motion planning do: it
+    remembers the embedding distance to the goal where it got stuck and hands control back to the
+    planner as soon as the distance is below it (the robot has got round the obstacle, e.g.
+    through a door), or after ``follow_max_s``. It follows towards the side whose side range
+    (90 degrees) reads longer (more wall that way, so more likely the door), turns back at the
+    first inner corner (the wall ended without an opening); later followings in the same episode
+    keep the first one's direction, and after a timeout they go the other way. Stuck while following: the back-off runs, then the
+    following goes on.
 
     Why: the world models this runtime plans with are least accurate in contact with walls (a
-    predictor that takes the robot through a wall keeps the planner pushing against it), and
-    the simulated robot, like one with a bumper, does not slide along a wall it touches. Measured
-    in docs/TRAINING.md ("What still fails", item 8).
+    predictor that takes the robot through a wall keeps the planner pushing against it), the
+    embedding distance to a goal behind a wall behaves like the straight-line distance (the
+    planner has a local minimum at the wall), and the simulated robot, like one with a bumper,
+    does not slide along a wall it touches. Measured in docs/TRAINING.md ("What still fails",
+    items 8 and 9).
 
     Stall detection uses the wheel encoders' odometry: a robot whose wheels spin on the floor
     while it stands still is not detected (a current sensor or an IMU would be needed).
@@ -230,49 +290,101 @@ class StuckRecovery:
         self.batch = int(batch)
         self.stuck_ticks = max(1, round(cfg.stuck_s / period_s))
         self.backoff_ticks = max(1, round(cfg.backoff_s / period_s))
+        self.follow_max_ticks = max(1, round(cfg.follow_max_s / period_s))
         self.rng = np.random.default_rng(seed)
-        self.count = np.zeros(batch, dtype=np.int64)      # recoveries started per robot
+        self.count = np.zeros(batch, dtype=np.int64)        # recoveries started per robot
+        self.follows = np.zeros(batch, dtype=np.int64)      # wall followings started per robot
+        self.follow_ticks = np.zeros(batch, dtype=np.int64)  # ticks spent following the wall per robot
         self._xy = np.full((batch, 2), np.nan)             # odometry position at the last step (NaN: none yet)
         self._sent_v = np.zeros(batch)                     # mean wheel command sent at the last step
         self._stuck = np.zeros(batch, dtype=np.int64)      # consecutive ticks pushing without moving
         self._left = np.zeros(batch, dtype=np.int64)       # reflex ticks still to drive
         self._command = np.zeros((batch, 2))               # the running reflex's command
+        self._follow = np.zeros(batch, dtype=bool)         # following the wall
+        self._side = np.zeros(batch)                       # +1 wall on the left, -1 on the right
+        self._next_side = np.zeros(batch)                  # side forced on the next following (after a timeout)
+        self._d_hit = np.zeros(batch)                      # embedding goal distance where it got stuck
+        self._xy_hit = np.zeros((batch, 2))                # odometry position where it got stuck
+        self._turned = np.zeros(batch, dtype=bool)         # turned back at an inner corner already
+        self._ticks = np.zeros(batch, dtype=np.int64)      # ticks of the current following
 
     def reset(self, mask: np.ndarray | None = None) -> None:
-        """Forget the motion history (all robots, or those in ``mask [B] bool``): after a goal
-        change, a stop or a link loss. Counters are kept."""
+        """Forget the motion history and stop following (all robots, or those in ``mask [B]
+        bool``): after a goal change, a stop or a link loss. Counters are kept."""
         m = np.ones(self.batch, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
         self._xy[m] = np.nan
         self._sent_v[m] = 0.0
         self._stuck[m] = 0
         self._left[m] = 0
+        self._follow[m] = False
+        self._next_side[m] = 0.0
+        self._ticks[m] = 0
 
     @property
     def recovering(self) -> np.ndarray:
         """``[B] bool``: the reflex will drive these robots at the next :meth:`step`."""
         return self._left > 0
 
-    def step(self, requested: np.ndarray, xy: np.ndarray,
-             active: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    @property
+    def following(self) -> np.ndarray:
+        """``[B] bool``: these robots are following a wall."""
+        return self._follow.copy()
+
+    @property
+    def stuck_distance(self) -> np.ndarray:
+        """``[B]``: the embedding distance to the goal where the last following started."""
+        return self._d_hit.copy()
+
+    @property
+    def side(self) -> np.ndarray:
+        """``[B]``: +1 follows with the wall on the left, -1 on the right (meaningful while following)."""
+        return self._side.copy()
+
+    def step(self, requested: np.ndarray, xy: np.ndarray, active: np.ndarray | None = None,
+             ranges_m: np.ndarray | None = None,
+             goal_distance: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One tick.
 
         Args:
             requested: ``[B, 2]`` normalised wheel commands the planner asks for.
             xy: ``[B, 2]`` odometry position (metres) now, i.e. after the last command.
-            active: ``[B] bool`` robots that may start a reflex (default all); others pass through.
+            active: ``[B] bool`` robots that may start a reflex (default all); others pass through
+                and stop following.
+            ranges_m: ``[B, 8]`` range readings (metres) now; with ``goal_distance``, enables the
+                wall follower (when ``follow_wall`` is on).
+            goal_distance: ``[B]`` embedding distance from the current observation to the goal.
         Returns:
-            ``command [B, 2]`` to send, ``reflex [B] bool`` (the command is the reflex's),
-            ``started [B] bool`` (a reflex started this tick).
+            ``command [B, 2]`` to send, ``override [B] bool`` (the command is the reflex's or the
+            wall follower's, not the planner's), ``started [B] bool`` (a reflex started this tick).
         """
         req = np.asarray(requested, dtype=np.float64).reshape(self.batch, 2)
         pos = np.asarray(xy, dtype=np.float64).reshape(self.batch, 2)
         c = self.cfg
+        ok = np.ones(self.batch, dtype=bool) if active is None else np.asarray(active, dtype=bool)
+        follow_on = c.follow_wall and ranges_m is not None and goal_distance is not None
+        if follow_on:
+            r = np.asarray(ranges_m, dtype=np.float64).reshape(self.batch, 8)
+            d = np.asarray(goal_distance, dtype=np.float64).reshape(self.batch)
+            self._follow &= ok
+            closer = self._follow & (d < self._d_hit)
+            timeout = self._follow & ~closer & (self._ticks >= self.follow_max_ticks)
+            self._next_side = np.where(timeout, -self._side, self._next_side)
+            self._follow &= ~(closer | timeout)
+            side_range = np.nan_to_num(np.where(self._side > 0, r[:, 2], r[:, 6]), nan=0.0)
+            front = np.nan_to_num(r[:, 0], nan=0.0)
+            along = np.hypot(*(pos - self._xy_hit).T)
+            corner = (self._follow & ~self._turned & (front < FOLLOW_CORNER_M[0])
+                      & (side_range < FOLLOW_CORNER_M[1]) & (along > FOLLOW_CORNER_M[2]))
+            self._side = np.where(corner, -self._side, self._side)
+            self._turned |= corner
+            self._next_side = np.where(corner, self._side, self._next_side)
+            follow_cmd = wall_follow_command(r, self._side, c.follow_distance_m, c.follow_speed)
+            req = np.where(self._follow[:, None], follow_cmd, req)
         with np.errstate(invalid="ignore"):
             speed = np.hypot(*(pos - self._xy).T) / self.period_s  # NaN on the first tick: not stuck
         self._xy = pos.copy()
         pushing = (np.abs(self._sent_v) > c.drive_threshold) & (speed < c.min_speed_mps) & (self._left == 0)
         self._stuck = np.where(pushing, self._stuck + 1, 0)
-        ok = np.ones(self.batch, dtype=bool) if active is None else np.asarray(active, dtype=bool)
         started = (self._stuck >= self.stuck_ticks) & (self._left == 0) & ok
         if started.any():
             turn = self.rng.choice([-1.0, 1.0], size=self.batch)
@@ -282,11 +394,27 @@ class StuckRecovery:
             self._left = np.where(started, self.backoff_ticks, self._left)
             self._stuck[started] = 0
             self.count += started
+            if follow_on:
+                new = started & ~self._follow
+                longer = np.nan_to_num(r[:, 2], nan=0.0) > np.nan_to_num(r[:, 6], nan=0.0)
+                # travel towards the longer side: along the left beam the wall is on the right
+                side = np.where(self._next_side != 0, self._next_side, np.where(longer, -1.0, 1.0))
+                self._side = np.where(new, side, self._side)
+                self._next_side = np.where(new, side, self._next_side)
+                self._d_hit = np.where(new, d, self._d_hit)
+                self._xy_hit = np.where(new[:, None], pos, self._xy_hit)
+                self._turned &= ~new
+                self._ticks = np.where(new, 0, self._ticks)
+                self._follow |= new
+                self.follows += new
         reflex = self._left > 0
         out = np.where(reflex[:, None], self._command, req)
+        override = reflex | self._follow
+        self._ticks += self._follow
+        self.follow_ticks += self._follow
         self._left = np.maximum(self._left - 1, 0)
         self._sent_v = out.mean(axis=1)
-        return out, reflex, started
+        return out, override, started
 
 
 class EStop:

@@ -12,9 +12,10 @@ plans towards the embedding of an observation taken at the goal (random heading)
 the true robot centre within the simulator's ``success_radius`` of the goal within
 ``--max-steps``. Reports the success rate with a Wilson 95% interval, steps to goal (successes)
 and planning time per control tick for one robot (median over single-episode plan calls).
-The override ``eval.recovery=true`` adds ``edge-run``'s unsticking reflex (``edge.safety.StuckRecovery``:
-back off when a drive command leaves the robot still), so the figure matches what the runtime does;
-off by default, it measures the world model and planner alone.
+The override ``eval.recovery=true`` adds ``edge-run``'s unsticking reflex and wall follower
+(``edge.safety.StuckRecovery``: back off when a drive command leaves the robot still, then follow
+the wall until the embedding distance to the goal is below where it got stuck), so the figure
+matches what the runtime does; off by default, it measures the world model and planner alone.
 
 Diagnostics on held-out episodes (``data.path``'s validation split): a ridge linear probe of
 the true (x, y) from the embedding (R^2), prediction error vs horizon, and confidence
@@ -162,7 +163,8 @@ def run_episodes(wm: WorldModel, cfg: Config, episodes: int, max_steps: int, see
         actions = ctl.act(z, z_goal, torch.from_numpy(~success)).numpy()
         t_plan += time.perf_counter() - t0
         if recovery is not None:
-            actions = recovery.step(actions, obs["pose"][:, :2], ~success)[0]
+            gd = torch.linalg.vector_norm(z - z_goal, dim=-1).numpy()
+            actions = recovery.step(actions, obs["pose"][:, :2], ~success, obs["ranges"], gd)[0]
         obs, info = sim.step(actions)
         collisions += info["collided"] & ~success
         new = info["success"] & ~success
@@ -192,6 +194,8 @@ def run_episodes(wm: WorldModel, cfg: Config, episodes: int, max_steps: int, see
         "batched_plan_time_s_per_tick": t_plan / max(t + 1, 1),
         "recovery": recovery is not None,
         "recoveries_mean": float(recovery.count.mean()) if recovery is not None else 0.0,
+        "wall_follows_mean": float(recovery.follows.mean()) if recovery is not None else 0.0,
+        "wall_follow_s_mean": float(recovery.follow_ticks.mean() * sim.cfg.dt) if recovery is not None else 0.0,
     }
 
 

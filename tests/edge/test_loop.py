@@ -289,11 +289,33 @@ def test_stuck_robot_with_flat_cost_counts_as_low_confidence() -> None:
     assert out == ["planner"] * 8
 
 
+def test_stuck_robot_backs_off_then_follows_the_wall_until_the_goal_is_closer() -> None:
+    """Default recovery: after the back-off the wall follower drives (source "recovery", an event
+    saying which side), until the embedding distance to the goal is below where it got stuck."""
+    cfg = load_config(None, [{"limits": {"max_accel": 1000.0}}])
+    loop, clock, link, backend, _ = make_loop(cfg)
+    link.send_velocity = lambda l, r: link.sent.append((l, r))  # commands never turn the wheels
+    link.ranges = [0.05, 1.5, 1.5, 1.5, 1.5, 1.5, 1.5, 1.5]    # a wall ahead (the fake encodes the ranges)
+    infos = []
+    for _ in range(10):
+        infos.append(loop.tick(clock.now() + 1))
+        clock.advance(0.05)
+    assert [i.source for i in infos[3:]] == ["recovery"] * 7
+    l, r = infos[9].action                                      # the follower: turn in place, away from the wall
+    assert l == pytest.approx(-r) and abs(l) > 0.1
+    texts = [text for _, kind, text in loop.events if kind == "recovery"]
+    assert any("following the wall on the left" in t for t in texts)
+    link.ranges = [0.3] * 8                                     # now closer to the (zero) goal embedding
+    info = loop.tick(clock.now() + 1)
+    assert info.source == "planner"
+    assert "wall following ended: the goal is closer" in [t for _, k, t in loop.events if k == "recovery"][-1]
+
+
 def test_stuck_robot_gets_the_unsticking_reflex_through_the_guard(tmp_path: Path) -> None:
     """With the reflex on (the default), a robot whose wheels do not turn although the planner
     drives forward backs off with a turn after recovery.stuck_s: source "recovery", an event in
     the flight log, the summary count; the reflex's reverse command still passes the rear guard."""
-    cfg = load_config(None, [{"limits": {"max_accel": 1000.0}}])
+    cfg = load_config(None, [{"limits": {"max_accel": 1000.0}, "recovery": {"follow_wall": False}}])
     rec = FlightRecorder(tmp_path / "f.mcap")
     loop, clock, link, backend, _ = make_loop(cfg, recorder=rec)
     link.send_velocity = lambda l, r: link.sent.append((l, r))  # commands never turn the wheels

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge.config import ConfigError, LimitsConfig, RecoveryConfig
-from edge.safety import EStop, SafetyGuard, StuckRecovery, sensor_problems
+from edge.safety import EStop, SafetyGuard, StuckRecovery, sensor_problems, wall_follow_command
 
 CLEAR = [2.0] * 8
 OK = dict(wheel_speeds=[0.0, 0.0], pose=[0.0, 0.0, 0.0])
@@ -248,7 +248,108 @@ def test_reflex_ticks_follow_the_control_period() -> None:
 @pytest.mark.parametrize("kw, field", [({"backoff_speed": 0.8, "backoff_turn": 0.3}, "recovery.backoff_turn"),
                                        ({"stuck_s": 0.0}, "recovery.stuck_s"),
                                        ({"drive_threshold": 1.0}, "recovery.drive_threshold"),
-                                       ({"enabled": "yes"}, "recovery.enabled")])
+                                       ({"enabled": "yes"}, "recovery.enabled"),
+                                       ({"follow_wall": 1}, "recovery.follow_wall"),
+                                       ({"follow_speed": 0.7}, "recovery.follow_speed"),
+                                       ({"follow_distance_m": 0.0}, "recovery.follow_distance_m"),
+                                       ({"follow_max_s": float("nan")}, "recovery.follow_max_s")])
 def test_recovery_config_errors_name_the_field(kw, field) -> None:
     with pytest.raises(ConfigError, match=field):
         RecoveryConfig(**kw)
+
+
+# ---------------------------------------------------------------- wall follower (Bug-style escape)
+
+def _door_world(n: int, starts: np.ndarray):
+    from edge.sim.env import BatchSim, SimConfig
+    from edge.sim.world import Layout
+
+    sim = BatchSim(SimConfig(), n, seed=0)
+    layout = Layout(wall_x=np.zeros(n), door_y=np.full(n, 0.2), door_width=np.full(n, 0.4))
+    sim.reset(layout=layout, start=starts, goal=np.tile([1.0, 0.0], (n, 1)))
+    return sim
+
+
+def test_wall_follower_tracks_the_wall_and_goes_through_the_door() -> None:
+    """In the simulator: robots beside the dividing wall (x = 0) below the door (y 0..0.4), heading
+    up with the wall on their right, follow it at about follow_distance_m and round the door post
+    into the other room; with the wall on their left (heading down) they follow it down, away
+    from the door, and stay in their room."""
+    starts = np.array([[-0.2, -0.7, math.pi / 2], [-0.25, -0.5, 1.2], [-0.2, -0.2, -math.pi / 2]])
+    side = np.array([-1.0, -1.0, 1.0])
+    sim = _door_world(3, starts)
+    xs, gaps = [], []
+    for t in range(160):
+        cmd = wall_follow_command(sim.ranges, side, 0.12, 0.6)
+        sim.step(cmd)
+        xs.append(sim.robot.pose[:, 0].copy())
+        y = sim.robot.pose[:, 1]
+        x = sim.robot.pose[:, 0]
+        gaps.append(np.where((t > 20) & (y < -0.05) & (y > -0.8) & (x < 0), -x - 0.08, np.nan))
+    xs, gaps = np.array(xs), np.array(gaps)
+    assert (xs[:, :2] > 0.15).any(axis=0).all()          # both up-going robots got through the door
+    assert (xs[:, 2] < 0.0).all()                         # the down-going one never crossed
+    tracked = gaps[:, :2][np.isfinite(gaps[:, :2])]       # surface gap to the wall while tracking it
+    assert tracked.size > 10 and np.all((tracked > 0.03) & (tracked < 0.3))
+
+
+def test_wall_follower_turns_in_place_away_from_a_wall_ahead() -> None:
+    r = np.full((2, 8), 1.5)
+    r[:, 0] = 0.05                                        # wall right ahead
+    cmd = wall_follow_command(r, np.array([1.0, -1.0]), 0.12, 0.6)
+    assert np.allclose(cmd.mean(axis=1), 0.0)             # no forward motion
+    assert cmd[0, 0] > 0 > cmd[0, 1] and cmd[1, 0] < 0 < cmd[1, 1]  # wall kept left: turn right; and mirror
+    nan = np.full((1, 8), np.nan)                         # unknown ranges count as touching
+    assert wall_follow_command(nan, np.array([1.0]), 0.12, 0.6).mean() == pytest.approx(0.0)
+
+
+def _follow_setup(ranges):
+    rec = StuckRecovery(RecoveryConfig(), 0.05, batch=1, seed=0)
+    r = np.asarray([ranges], float)
+    out = [rec.step(np.array([[0.8, 0.8]]), np.zeros((1, 2)), None, r, np.array([3.0])) for _ in range(4)]
+    return rec, r, out
+
+
+def test_stuck_robot_backs_off_then_follows_the_wall_towards_the_longer_side_until_the_goal_is_closer() -> None:
+    ranges = [0.02, 0.05, 1.5, 1.2, 1.0, 1.2, 0.4, 0.05]  # pressed against a wall, more room on the left
+    rec, r, out = _follow_setup(ranges)
+    assert out[3][2][0] and rec.following[0] and rec.side[0] == -1.0   # travel left: wall on the right
+    assert rec.stuck_distance[0] == 3.0 and rec.follows.tolist() == [1]
+    for i in range(5):                                    # the rest of the 6-tick back-off first
+        cmd, override, _ = rec.step(np.array([[0.8, 0.8]]), np.array([[0.0, -0.02 * (i + 1)]]), None, r,
+                                    np.array([3.1]))
+        assert override[0] and cmd.mean() < 0
+    for i in range(5):                                    # then the follower, while not closer to the goal
+        cmd, override, _ = rec.step(np.array([[0.8, 0.8]]), np.array([[0.03 * i, -0.2]]), None, r, np.array([3.2]))
+        assert override[0]
+        np.testing.assert_allclose(cmd, wall_follow_command(r, np.array([-1.0]), 0.12, 0.6))
+    cmd, override, _ = rec.step(np.array([[0.8, 0.8]]), np.array([[0.2, -0.2]]), None, r, np.array([2.9]))
+    assert not override[0] and not rec.following[0] and np.allclose(cmd, [[0.8, 0.8]])  # planner again
+    assert rec.follow_ticks.tolist() == [11]
+
+
+def test_wall_following_times_out_and_the_next_one_goes_the_other_way() -> None:
+    ranges = [0.02, 0.05, 1.5, 1.2, 1.0, 1.2, 0.4, 0.05]
+    rec, r, out = _follow_setup(ranges)
+    n = rec.follow_max_ticks
+    for i in range(n):
+        rec.step(np.array([[0.8, 0.8]]), np.array([[0.0, 0.05 * (i + 1)]]), None, r, np.array([3.5]))
+    assert not rec.following[0]                           # gave up after follow_max_s
+    rec.reset(np.array([False]))                          # (a masked reset leaves the robot alone)
+    out = [rec.step(np.array([[0.8, 0.8]]), np.array([[0.0, 0.0]]), None, r, np.array([3.5])) for _ in range(4)]
+    assert any(o[2][0] for o in out) and rec.following[0] and rec.side[0] == 1.0   # the other way now
+    rec.reset()
+    assert not rec.following[0]
+
+
+def test_wall_follower_turns_back_at_an_inner_corner() -> None:
+    ranges = [0.02, 0.05, 1.5, 1.2, 1.0, 1.2, 0.4, 0.05]
+    rec, r, _ = _follow_setup(ranges)
+    corner = np.array([[0.1, 0.3, 1.0, 1.2, 1.0, 1.2, 0.2, 0.15]])  # wall ahead and on the right
+    rec.step(np.array([[0.8, 0.8]]), np.array([[0.05, 0.0]]), None, corner, np.array([3.5]))
+    assert rec.side[0] == -1.0                            # only 0.05 m along the wall: not a corner yet
+    rec.step(np.array([[0.8, 0.8]]), np.array([[0.3, 0.0]]), None, corner, np.array([3.5]))
+    assert rec.side[0] == 1.0 and rec.following[0]        # 0.3 m along: turned back, wall now on the left
+    rec.step(np.array([[0.8, 0.8]]), np.array([[0.35, 0.0]]), None, corner[:, [0, 7, 6, 5, 4, 3, 2, 1]],
+             np.array([3.5]))
+    assert rec.side[0] == 1.0                             # only once per following
