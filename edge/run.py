@@ -460,14 +460,20 @@ def sim_miss_hint(episodes: list[dict[str, Any]], seed: int, cfg: RunConfig, bun
     text = (f"edge-run: {len(missed)} of {len(episodes)} goal(s) not reached; replay with --seed {seed}"
             f"{f' --episodes {len(episodes)}' if len(episodes) > 1 else ''} and look at {where}.")
     if bundle_name == "default" and cfg.sim.goal_room == "other" and cfg.goal.pose is None and cfg.goal.file is None:
-        reflex = ("with the unsticking reflex (21-22 of 50 edge-run episodes; 15 of 50 with "
-                  "recovery.enabled=false)" if cfg.recovery.enabled else
-                  "without the unsticking reflex (15 of 50 edge-run episodes; 21-22 with it, the default)")
-        text += ("\nThe shipped default model reaches goals in the other room in only about 30-45% of random "
-                 f"layouts, {reflex}: its predictor often imagines the robot driving through the dividing "
-                 "wall, and its embedding distance follows the straight line to the goal, so it heads into "
-                 "the wall (docs/TRAINING.md). Goals in the start room: 99%; try --goal-room same "
-                 "(models/default/MODEL_CARD.md).")
+        if cfg.recovery.enabled and cfg.recovery.follow_wall:
+            rate = ("in about 75% of random layouts with the default recovery (38 of 50 edge-run episodes "
+                    "with the wall follower; 21 of 50 with recovery.follow_wall=false)")
+        elif cfg.recovery.enabled:
+            rate = ("in only about 30-45% of random layouts without the wall follower (21-22 of 50 edge-run "
+                    "episodes; 38 of 50 with recovery.follow_wall=true, the default)")
+        else:
+            rate = ("in only about 30% of random layouts without the unsticking reflex (15 of 50 edge-run "
+                    "episodes; 38 of 50 with the default recovery)")
+        text += (f"\nThe shipped default model reaches goals in the other room {rate}: its predictor often "
+                 "imagines the robot driving through the dividing wall, and its embedding distance follows "
+                 "the straight line to the goal, so it heads into the wall; the wall follower gets it round "
+                 "only when it finds the door in time (docs/TRAINING.md items 8-9). Goals in the start room: "
+                 "99-100%; try --goal-room same (models/default/MODEL_CARD.md).")
     return text
 
 
