@@ -661,22 +661,20 @@ class ControlLoop:
                         np.array([obs.ranges_m], dtype=np.float64), np.array([emb_dist]))
                     if override[0]:
                         command, source = (float(sent[0, 0]), float(sent[0, 1])), "recovery"
-                    following = bool(self.recovery.following[0])
                     if started[0]:
                         recovery_started = True
                         then = ""
-                        if following and not was_following:
+                        if self.recovery.following[0] and not was_following:
                             then = (f", then following the wall on the "
                                     f"{'left' if self.recovery.side[0] > 0 else 'right'} until the embedding "
                                     f"distance to the goal is below {emb_dist:.2f}")
                         self._event("recovery", f"stuck: the robot was asked to drive but has not moved "
                                                 f"for {self.recovery.stuck_ticks} ticks; backing off for "
                                                 f"{self.recovery.backoff_ticks} ticks{then}")
-                    elif was_following and not following:
+                    elif ended := self.recovery.follow_ended[0]:
                         self._event("recovery", "wall following ended: "
-                                    + ("the goal is closer than where the robot got stuck"
-                                       if emb_dist < self.recovery.stuck_distance[0] else
-                                       f"no progress in {self.recovery.cfg.follow_max_s:g} s"))
+                                    + ("the goal is closer than where the robot got stuck" if ended == "closer"
+                                       else f"no progress in {self.recovery.cfg.follow_max_s:g} s"))
                 else:  # fallback, hold or safety in control: start the motion history afresh
                     self.recovery.reset()
             lap("decide")

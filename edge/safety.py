@@ -302,11 +302,13 @@ class StuckRecovery:
         self._command = np.zeros((batch, 2))               # the running reflex's command
         self._follow = np.zeros(batch, dtype=bool)         # following the wall
         self._side = np.zeros(batch)                       # +1 wall on the left, -1 on the right
-        self._next_side = np.zeros(batch)                  # side forced on the next following (after a timeout)
+        self._next_side = np.zeros(batch)                  # side of the next following (0: choose by the ranges)
         self._d_hit = np.zeros(batch)                      # embedding goal distance where it got stuck
         self._xy_hit = np.zeros((batch, 2))                # odometry position where it got stuck
         self._turned = np.zeros(batch, dtype=bool)         # turned back at an inner corner already
         self._ticks = np.zeros(batch, dtype=np.int64)      # ticks of the current following
+        #: ``[B]`` why a following ended at the last step: "" (it did not), "closer" or "timeout"
+        self.follow_ended = np.full(batch, "", dtype="<U7")
 
     def reset(self, mask: np.ndarray | None = None) -> None:
         """Forget the motion history and stop following (all robots, or those in ``mask [B]
@@ -362,18 +364,20 @@ class StuckRecovery:
         c = self.cfg
         ok = np.ones(self.batch, dtype=bool) if active is None else np.asarray(active, dtype=bool)
         follow_on = c.follow_wall and ranges_m is not None and goal_distance is not None
+        self.follow_ended[:] = ""
         if follow_on:
-            r = np.asarray(ranges_m, dtype=np.float64).reshape(self.batch, 8)
+            r = np.nan_to_num(np.asarray(ranges_m, dtype=np.float64).reshape(self.batch, 8), nan=0.0)  # NaN: touching
             d = np.asarray(goal_distance, dtype=np.float64).reshape(self.batch)
             self._follow &= ok
             closer = self._follow & (d < self._d_hit)
             timeout = self._follow & ~closer & (self._ticks >= self.follow_max_ticks)
             self._next_side = np.where(timeout, -self._side, self._next_side)
             self._follow &= ~(closer | timeout)
-            side_range = np.nan_to_num(np.where(self._side > 0, r[:, 2], r[:, 6]), nan=0.0)
-            front = np.nan_to_num(r[:, 0], nan=0.0)
+            self.follow_ended[closer] = "closer"
+            self.follow_ended[timeout] = "timeout"
+            side_range = np.where(self._side > 0, r[:, 2], r[:, 6])
             along = np.hypot(*(pos - self._xy_hit).T)
-            corner = (self._follow & ~self._turned & (front < FOLLOW_CORNER_M[0])
+            corner = (self._follow & ~self._turned & (r[:, 0] < FOLLOW_CORNER_M[0])
                       & (side_range < FOLLOW_CORNER_M[1]) & (along > FOLLOW_CORNER_M[2]))
             self._side = np.where(corner, -self._side, self._side)
             self._turned |= corner
@@ -396,7 +400,7 @@ class StuckRecovery:
             self.count += started
             if follow_on:
                 new = started & ~self._follow
-                longer = np.nan_to_num(r[:, 2], nan=0.0) > np.nan_to_num(r[:, 6], nan=0.0)
+                longer = r[:, 2] > r[:, 6]
                 # travel towards the longer side: along the left beam the wall is on the right
                 side = np.where(self._next_side != 0, self._next_side, np.where(longer, -1.0, 1.0))
                 self._side = np.where(new, side, self._side)

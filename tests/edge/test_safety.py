@@ -325,6 +325,7 @@ def test_stuck_robot_backs_off_then_follows_the_wall_towards_the_longer_side_unt
         np.testing.assert_allclose(cmd, wall_follow_command(r, np.array([-1.0]), 0.12, 0.6))
     cmd, override, _ = rec.step(np.array([[0.8, 0.8]]), np.array([[0.2, -0.2]]), None, r, np.array([2.9]))
     assert not override[0] and not rec.following[0] and np.allclose(cmd, [[0.8, 0.8]])  # planner again
+    assert rec.follow_ended.tolist() == ["closer"]
     assert rec.follow_ticks.tolist() == [11]
 
 
@@ -334,7 +335,7 @@ def test_wall_following_times_out_and_the_next_one_goes_the_other_way() -> None:
     n = rec.follow_max_ticks
     for i in range(n):
         rec.step(np.array([[0.8, 0.8]]), np.array([[0.0, 0.05 * (i + 1)]]), None, r, np.array([3.5]))
-    assert not rec.following[0]                           # gave up after follow_max_s
+    assert not rec.following[0] and rec.follow_ended.tolist() == ["timeout"]  # gave up after follow_max_s
     rec.reset(np.array([False]))                          # (a masked reset leaves the robot alone)
     out = [rec.step(np.array([[0.8, 0.8]]), np.array([[0.0, 0.0]]), None, r, np.array([3.5])) for _ in range(4)]
     assert any(o[2][0] for o in out) and rec.following[0] and rec.side[0] == 1.0   # the other way now
