@@ -205,6 +205,10 @@ FOLLOW_ARC = (0.4, 0.16)   # (speed, turn) of the arc towards the lost wall: ~0.
 FOLLOW_BLOCKED_M = (0.15, 0.06)  # front range, or front diagonal projected on the side, below which
                                  # the follower turns in place, away from the wall
 FOLLOW_CORNER_M = (0.2, 0.35, 0.15)  # inner corner: front < [0], side < [1], after > [2] m along the wall
+FOLLOW_UTURN_M = (0.3, 0.35)  # the turn in place after a turn-back ends when front > [0] and new side < [1]
+FOLLOW_UTURN_S = 2.0       # ... or after this long (a half turn in place takes ~1 s)
+FOLLOW_NEAR_M = 0.3        # a following starts only with a wall this close (a stall in the open does not)
+FOLLOW_LEAVE_FRAC = 0.03   # leave when the goal distance is this fraction below where it got stuck
 _DIAG_CAP_M = 0.6          # diagonal ranges are capped here (a far reading says only "no wall")
 
 
@@ -256,12 +260,17 @@ class StuckRecovery:
     With ``follow_wall`` (and :meth:`step` given the ranges and the embedding distance to the
     goal), the robot then follows the wall, as the Bug algorithms of motion planning do: it
     remembers the embedding distance to the goal where it got stuck and hands control back to the
-    planner as soon as the distance is below it (the robot has got round the obstacle, e.g.
-    through a door), or after ``follow_max_s``. It follows towards the side whose side range
-    (90 degrees) reads longer (more wall that way, so more likely the door), turns back at the
-    first inner corner (the wall ended without an opening); later followings in the same episode
-    keep the first one's direction, and after a timeout they go the other way. Stuck while following: the back-off runs, then the
-    following goes on.
+    planner as soon as the distance is ``FOLLOW_LEAVE_FRAC`` (3%) below it (the robot has got
+    round the obstacle, e.g. through a door; the margin keeps embedding noise from handing a robot
+    still at the wall back to the planner, which would push it into the wall again), or after
+    ``follow_max_s``. It follows towards the side whose side range (90 degrees) reads longer
+    (more wall that way, so more likely the door), mirrored when the robot reversed into the
+    obstacle (the wall is then behind it). It turns back at the first inner corner (the wall ended
+    without an opening): it turns in place until the wall lies along its other side, and the way
+    back gets a whole ``follow_max_s`` of its own. Later followings in the same episode keep the
+    last direction; after a timeout on the first way they go the other way. A stall with no wall
+    within ``FOLLOW_NEAR_M`` (e.g. a robot turning in place from rest) gets the back-off only.
+    Stuck while following: the back-off runs, then the following goes on.
 
     Why: the world models this runtime plans with are least accurate in contact with walls (a
     predictor that takes the robot through a wall keeps the planner pushing against it), the
@@ -291,6 +300,7 @@ class StuckRecovery:
         self.stuck_ticks = max(1, round(cfg.stuck_s / period_s))
         self.backoff_ticks = max(1, round(cfg.backoff_s / period_s))
         self.follow_max_ticks = max(1, round(cfg.follow_max_s / period_s))
+        self.uturn_ticks = max(1, round(FOLLOW_UTURN_S / period_s))
         self.rng = np.random.default_rng(seed)
         self.count = np.zeros(batch, dtype=np.int64)        # recoveries started per robot
         self.follows = np.zeros(batch, dtype=np.int64)      # wall followings started per robot
@@ -306,6 +316,7 @@ class StuckRecovery:
         self._d_hit = np.zeros(batch)                      # embedding goal distance where it got stuck
         self._xy_hit = np.zeros((batch, 2))                # odometry position where it got stuck
         self._turned = np.zeros(batch, dtype=bool)         # turned back at an inner corner already
+        self._uturn = np.zeros(batch, dtype=np.int64)      # ticks left of the turn in place after a turn-back
         self._ticks = np.zeros(batch, dtype=np.int64)      # ticks of the current following
         #: ``[B]`` why a following ended at the last step: "" (it did not), "closer" or "timeout"
         self.follow_ended = np.full(batch, "", dtype="<U7")
@@ -319,6 +330,7 @@ class StuckRecovery:
         self._stuck[m] = 0
         self._left[m] = 0
         self._follow[m] = False
+        self._uturn[m] = 0
         self._next_side[m] = 0.0
         self._ticks[m] = 0
 
@@ -369,9 +381,10 @@ class StuckRecovery:
             r = np.nan_to_num(np.asarray(ranges_m, dtype=np.float64).reshape(self.batch, 8), nan=0.0)  # NaN: touching
             d = np.asarray(goal_distance, dtype=np.float64).reshape(self.batch)
             self._follow &= ok
-            closer = self._follow & (d < self._d_hit)
+            closer = self._follow & (d < self._d_hit * (1 - FOLLOW_LEAVE_FRAC))
             timeout = self._follow & ~closer & (self._ticks >= self.follow_max_ticks)
-            self._next_side = np.where(timeout, -self._side, self._next_side)
+            # after a turn-back the robot already heads the other way: the next following keeps it
+            self._next_side = np.where(timeout & ~self._turned, -self._side, self._next_side)
             self._follow &= ~(closer | timeout)
             self.follow_ended[closer] = "closer"
             self.follow_ended[timeout] = "timeout"
@@ -382,7 +395,16 @@ class StuckRecovery:
             self._side = np.where(corner, -self._side, self._side)
             self._turned |= corner
             self._next_side = np.where(corner, self._side, self._next_side)
+            self._ticks = np.where(corner, 0, self._ticks)  # the way back gets a full follow_max_s
+            self._uturn = np.where(corner, self.uturn_ticks, self._uturn)
+            side_new = np.where(self._side > 0, r[:, 2], r[:, 6])
+            along_new = (r[:, 0] > FOLLOW_UTURN_M[0]) & (side_new < FOLLOW_UTURN_M[1])
+            self._uturn = np.where(~self._follow | along_new, 0, self._uturn)
             follow_cmd = wall_follow_command(r, self._side, c.follow_distance_m, c.follow_speed)
+            # the turn-back: turn in place towards the wall it followed until it lies along the new side
+            spin = np.stack([self._side * 0.5, -self._side * 0.5], axis=-1)
+            follow_cmd = np.where((self._uturn > 0)[:, None], spin, follow_cmd)
+            self._uturn = np.maximum(self._uturn - 1, 0)
             req = np.where(self._follow[:, None], follow_cmd, req)
         with np.errstate(invalid="ignore"):
             speed = np.hypot(*(pos - self._xy).T) / self.period_s  # NaN on the first tick: not stuck
@@ -400,9 +422,13 @@ class StuckRecovery:
             self.count += started
             if follow_on:
                 new = started & ~self._follow
+                new &= r.min(axis=1) < FOLLOW_NEAR_M  # a wall to follow is within reach
                 longer = r[:, 2] > r[:, 6]
-                # travel towards the longer side: along the left beam the wall is on the right
-                side = np.where(self._next_side != 0, self._next_side, np.where(longer, -1.0, 1.0))
+                # travel towards the longer side: facing the wall (a forward push), travelling along
+                # the left beam puts the wall on the right; with the wall behind (a backward push)
+                # on the left
+                towards = np.where(longer, -1.0, 1.0) * np.where(self._sent_v < 0, -1.0, 1.0)
+                side = np.where(self._next_side != 0, self._next_side, towards)
                 self._side = np.where(new, side, self._side)
                 self._next_side = np.where(new, side, self._next_side)
                 self._d_hit = np.where(new, d, self._d_hit)

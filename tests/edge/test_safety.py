@@ -323,10 +323,33 @@ def test_stuck_robot_backs_off_then_follows_the_wall_towards_the_longer_side_unt
         cmd, override, _ = rec.step(np.array([[0.8, 0.8]]), np.array([[0.03 * i, -0.2]]), None, r, np.array([3.2]))
         assert override[0]
         np.testing.assert_allclose(cmd, wall_follow_command(r, np.array([-1.0]), 0.12, 0.6))
-    cmd, override, _ = rec.step(np.array([[0.8, 0.8]]), np.array([[0.2, -0.2]]), None, r, np.array([2.9]))
+    cmd, override, _ = rec.step(np.array([[0.8, 0.8]]), np.array([[0.2, -0.2]]), None, r, np.array([2.95]))
+    assert override[0] and rec.following[0]              # closer, but by less than FOLLOW_LEAVE_FRAC: noise
+    cmd, override, _ = rec.step(np.array([[0.8, 0.8]]), np.array([[0.23, -0.2]]), None, r, np.array([2.9]))
     assert not override[0] and not rec.following[0] and np.allclose(cmd, [[0.8, 0.8]])  # planner again
     assert rec.follow_ended.tolist() == ["closer"]
-    assert rec.follow_ticks.tolist() == [11]
+    assert rec.follow_ticks.tolist() == [12]
+
+
+def test_backward_stall_follows_towards_the_longer_side_with_the_wall_behind() -> None:
+    """Reversing into a wall: the wall is behind, so travelling along the longer (left) beam puts
+    it on the robot's left, the mirror of a forward push."""
+    ranges = [1.0, 0.4, 1.5, 0.05, 0.02, 0.05, 0.4, 1.0]
+    rec = StuckRecovery(RecoveryConfig(), 0.05, batch=1, seed=0)
+    out = [rec.step(np.array([[-0.8, -0.8]]), np.zeros((1, 2)), None, np.array([ranges]), np.array([3.0]))
+           for _ in range(4)]
+    assert out[3][2][0] and rec.following[0] and rec.side[0] == 1.0
+    assert out[3][0].mean() > 0                           # the back-off drives forward, away from the wall
+
+
+def test_a_stall_in_the_open_backs_off_but_does_not_follow() -> None:
+    """A stall with no wall within FOLLOW_NEAR_M (a robot turning in place from rest) gets the
+    reflex only: there is no wall to follow, and the follower would circle in the open."""
+    rec = StuckRecovery(RecoveryConfig(), 0.05, batch=2, seed=0)
+    r = np.array([[0.5] * 8, [0.2] + [0.5] * 7])
+    out = [rec.step(np.array([[0.8, 0.8]] * 2), np.zeros((2, 2)), None, r, np.array([3.0, 3.0])) for _ in range(4)]
+    assert out[3][2].tolist() == [True, True]             # both back off
+    assert rec.following.tolist() == [False, True] and rec.follows.tolist() == [0, 1]
 
 
 def test_wall_following_times_out_and_the_next_one_goes_the_other_way() -> None:
@@ -354,3 +377,28 @@ def test_wall_follower_turns_back_at_an_inner_corner() -> None:
     rec.step(np.array([[0.8, 0.8]]), np.array([[0.35, 0.0]]), None, corner[:, [0, 7, 6, 5, 4, 3, 2, 1]],
              np.array([3.5]))
     assert rec.side[0] == 1.0                             # only once per following
+
+
+def test_turn_back_turns_in_place_restarts_the_clock_and_keeps_its_direction_after_a_timeout() -> None:
+    ranges = [0.02, 0.05, 1.5, 1.2, 1.0, 1.2, 0.4, 0.05]
+    rec, r, _ = _follow_setup(ranges)
+    for _ in range(5):                                    # the rest of the back-off
+        rec.step(np.array([[0.8, 0.8]]), np.array([[0.0, 0.0]]), None, r, np.array([3.5]))
+    corner = np.array([[0.1, 0.3, 1.0, 1.2, 1.0, 1.2, 0.2, 0.15]])  # wall ahead and on the right
+    for i in range(20):                                   # ticks along the wall before the corner
+        rec.step(np.array([[0.8, 0.8]]), np.array([[0.01 * i, 0.0]]), None, r, np.array([3.5]))
+    cmd, override, _ = rec.step(np.array([[0.8, 0.8]]), np.array([[0.3, 0.0]]), None, corner, np.array([3.5]))
+    assert rec.side[0] == 1.0 and override[0]
+    np.testing.assert_allclose(cmd, [[0.5, -0.5]])         # turn in place towards the old wall (right)
+    cmd, _, _ = rec.step(np.array([[0.8, 0.8]]), np.array([[0.3, 0.0]]), None, r, np.array([3.5]))
+    np.testing.assert_allclose(cmd, [[0.5, -0.5]])         # still: the front is not clear yet
+    along = np.array([[1.0, 1.2, 0.12, 0.17, 1.0, 1.2, 1.5, 1.2]])  # the wall on the left, the way clear
+    cmd, _, _ = rec.step(np.array([[0.8, 0.8]]), np.array([[0.3, 0.0]]), None, along, np.array([3.5]))
+    np.testing.assert_allclose(cmd, wall_follow_command(along, np.array([1.0]), 0.12, 0.6))  # following again
+    for i in range(rec.follow_max_ticks - 3):            # the way back has a whole follow_max_s of its own
+        rec.step(np.array([[0.8, 0.8]]), np.array([[0.3 - 0.01 * i, 0.0]]), None, along, np.array([3.5]))
+        assert rec.following[0]
+    rec.step(np.array([[0.8, 0.8]]), np.array([[0.0, 0.0]]), None, along, np.array([3.5]))
+    assert rec.follow_ended.tolist() == ["timeout"]
+    out = [rec.step(np.array([[0.8, 0.8]]), np.array([[0.0, 0.0]]), None, r, np.array([3.5])) for _ in range(4)]
+    assert any(o[2][0] for o in out) and rec.side[0] == 1.0  # it already heads the unexplored way: keep it
