@@ -131,7 +131,7 @@ class RecoveryConfig:
     backoff_turn: float = 0.3        # reflex turn (wheel difference / 2), normalised; direction drawn at random
     follow_wall: bool = True         # after the back-off, follow the wall (Bug-style) until the goal is closer
     follow_distance_m: float = 0.12  # side range (m) the wall follower keeps
-    follow_speed: float = 0.6        # wall-following forward speed, normalised
+    follow_speed: float = 0.8        # wall-following top forward speed, normalised (slower in sharp turns)
     follow_max_s: float = 6.0        # give up following after this long (the next one goes the other way)
 
     def __post_init__(self) -> None:
@@ -140,8 +140,8 @@ class RecoveryConfig:
                  f"must be true or false, got {self.follow_wall!r}")
         _finite_pos(self.follow_distance_m, "recovery.follow_distance_m")
         _finite_pos(self.follow_max_s, "recovery.follow_max_s")
-        _require(0.0 < self.follow_speed <= 0.65, "recovery.follow_speed",
-                 f"must be in (0, 0.65] (the follower adds up to 0.35 of turn), got {self.follow_speed!r}")
+        _require(0.0 < self.follow_speed <= 1.0, "recovery.follow_speed",
+                 f"must be in (0, 1] (a normalised wheel command), got {self.follow_speed!r}")
         _finite_pos(self.stuck_s, "recovery.stuck_s")
         _finite_pos(self.min_speed_mps, "recovery.min_speed_mps")
         _finite_pos(self.backoff_s, "recovery.backoff_s")

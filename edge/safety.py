@@ -235,7 +235,7 @@ def wall_follow_command(ranges_m: np.ndarray, side: np.ndarray, distance_m: floa
     d = np.minimum.reduce([lat, diag * math.sqrt(0.5), rear * math.sqrt(0.5)])
     w = s * np.clip(FOLLOW_GAIN * (d - distance_m) + FOLLOW_ALIGN_GAIN * math.sqrt(0.5) * (diag - rear),
                     -FOLLOW_MAX_TURN, FOLLOW_MAX_TURN)
-    v = np.full(len(s), float(speed))
+    v = np.minimum(float(speed), 1.0 - np.abs(w))  # slower in sharp turns: no wheel command beyond 1
     lost = (lat > FOLLOW_LOST_M[0]) & (diag > FOLLOW_LOST_M[1]) & (rear > FOLLOW_LOST_M[1])
     v = np.where(lost, FOLLOW_ARC[0], v)
     w = np.where(lost, s * FOLLOW_ARC[1], w)

@@ -250,7 +250,7 @@ def test_reflex_ticks_follow_the_control_period() -> None:
                                        ({"drive_threshold": 1.0}, "recovery.drive_threshold"),
                                        ({"enabled": "yes"}, "recovery.enabled"),
                                        ({"follow_wall": 1}, "recovery.follow_wall"),
-                                       ({"follow_speed": 0.7}, "recovery.follow_speed"),
+                                       ({"follow_speed": 1.2}, "recovery.follow_speed"),
                                        ({"follow_distance_m": 0.0}, "recovery.follow_distance_m"),
                                        ({"follow_max_s": float("nan")}, "recovery.follow_max_s")])
 def test_recovery_config_errors_name_the_field(kw, field) -> None:
@@ -270,7 +270,8 @@ def _door_world(n: int, starts: np.ndarray):
     return sim
 
 
-def test_wall_follower_tracks_the_wall_and_goes_through_the_door() -> None:
+@pytest.mark.parametrize("speed", [0.6, RecoveryConfig().follow_speed, 1.0])
+def test_wall_follower_tracks_the_wall_and_goes_through_the_door(speed) -> None:
     """In the simulator: robots beside the dividing wall (x = 0) below the door (y 0..0.4), heading
     up with the wall on their right, follow it at about follow_distance_m and round the door post
     into the other room; with the wall on their left (heading down) they follow it down, away
@@ -280,7 +281,8 @@ def test_wall_follower_tracks_the_wall_and_goes_through_the_door() -> None:
     sim = _door_world(3, starts)
     xs, gaps = [], []
     for t in range(160):
-        cmd = wall_follow_command(sim.ranges, side, 0.12, 0.6)
+        cmd = wall_follow_command(sim.ranges, side, 0.12, speed)
+        assert np.abs(cmd).max() <= 1.0 + 1e-12           # top speed gives way to the turn
         sim.step(cmd)
         xs.append(sim.robot.pose[:, 0].copy())
         y = sim.robot.pose[:, 1]
@@ -322,7 +324,7 @@ def test_stuck_robot_backs_off_then_follows_the_wall_towards_the_longer_side_unt
     for i in range(5):                                    # then the follower, while not closer to the goal
         cmd, override, _ = rec.step(np.array([[0.8, 0.8]]), np.array([[0.03 * i, -0.2]]), None, r, np.array([3.2]))
         assert override[0]
-        np.testing.assert_allclose(cmd, wall_follow_command(r, np.array([-1.0]), 0.12, 0.6))
+        np.testing.assert_allclose(cmd, wall_follow_command(r, np.array([-1.0]), 0.12, RecoveryConfig().follow_speed))
     cmd, override, _ = rec.step(np.array([[0.8, 0.8]]), np.array([[0.2, -0.2]]), None, r, np.array([2.95]))
     assert override[0] and rec.following[0]              # closer, but by less than FOLLOW_LEAVE_FRAC: noise
     cmd, override, _ = rec.step(np.array([[0.8, 0.8]]), np.array([[0.23, -0.2]]), None, r, np.array([2.9]))
@@ -394,7 +396,7 @@ def test_turn_back_turns_in_place_restarts_the_clock_and_keeps_its_direction_aft
     np.testing.assert_allclose(cmd, [[0.5, -0.5]])         # still: the front is not clear yet
     along = np.array([[1.0, 1.2, 0.12, 0.17, 1.0, 1.2, 1.5, 1.2]])  # the wall on the left, the way clear
     cmd, _, _ = rec.step(np.array([[0.8, 0.8]]), np.array([[0.3, 0.0]]), None, along, np.array([3.5]))
-    np.testing.assert_allclose(cmd, wall_follow_command(along, np.array([1.0]), 0.12, 0.6))  # following again
+    np.testing.assert_allclose(cmd, wall_follow_command(along, np.array([1.0]), 0.12, RecoveryConfig().follow_speed))
     for i in range(rec.follow_max_ticks - 3):            # the way back has a whole follow_max_s of its own
         rec.step(np.array([[0.8, 0.8]]), np.array([[0.3 - 0.01 * i, 0.0]]), None, along, np.array([3.5]))
         assert rec.following[0]
