@@ -47,7 +47,7 @@ import numpy as np
 from edge.config import RunConfig
 from edge.fallback.base import Fallback, FallbackEvent, MacroAction, Situation
 from edge.odometry import Odometry, wrap_angle
-from edge.safety import EStop, SafetyGuard, StuckRecovery
+from edge.safety import FOLLOW_LEAVE_FRAC, EStop, SafetyGuard, StuckRecovery
 from edge.sim.obs import SensorNormalisation, sensor_vector
 
 log = logging.getLogger("edge.loop")
@@ -201,6 +201,7 @@ class TickInfo:
     pose: tuple[float, float, float] | None = None
     true_pose: tuple[float, float, float] | None = None
     recovery_started: bool = False            # the unsticking reflex started this tick
+    follow_started: bool = False              # a wall following started this tick
 
 
 @dataclass
@@ -616,6 +617,7 @@ class ControlLoop:
         via_head = False
         guard_reasons: tuple[str, ...] = ()
         recovery_started = False
+        follow_started = False
         if obs is None:
             command, source = (0.0, 0.0), "safety"
             for stage in ("encode", "plan", "decide", "guard"):
@@ -665,9 +667,10 @@ class ControlLoop:
                         recovery_started = True
                         then = ""
                         if self.recovery.following[0] and not was_following:
+                            follow_started = True
                             then = (f", then following the wall on the "
                                     f"{'left' if self.recovery.side[0] > 0 else 'right'} until the embedding "
-                                    f"distance to the goal is below {emb_dist:.2f}")
+                                    f"distance to the goal is below {emb_dist * (1 - FOLLOW_LEAVE_FRAC):.2f}")
                         self._event("recovery", f"stuck: the robot was asked to drive but has not moved "
                                                 f"for {self.recovery.stuck_ticks} ticks; backing off for "
                                                 f"{self.recovery.backoff_ticks} ticks{then}")
@@ -716,7 +719,7 @@ class ControlLoop:
                         embedding_distance=emb_dist, guard_reasons=guard_reasons,
                         plan_mean=None if plan is None else self._mean.copy(),
                         pose=None if obs is None else obs.pose, true_pose=true_pose,
-                        recovery_started=recovery_started)
+                        recovery_started=recovery_started, follow_started=follow_started)
         if overrun:
             self.overruns += 1
             now_wall = time.monotonic()

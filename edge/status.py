@@ -53,6 +53,7 @@ class RunStats:
         self.link_lost_ticks = 0
         self.guard_interventions = 0
         self.recoveries = 0  # unsticking reflexes started
+        self.wall_follows = 0  # wall followings started
         self.guard_reasons: Counter[str] = Counter()  # ticks per kind of guard change
         self.confidence: list[float] = []
         self.last: TickInfo | None = None
@@ -68,6 +69,7 @@ class RunStats:
         self.link_lost_ticks += int(not info.link_ok)
         self.guard_interventions += int(bool(info.guard_reasons))
         self.recoveries += int(info.recovery_started)
+        self.wall_follows += int(info.follow_started)
         self.guard_reasons.update({guard_reason_kind(r) for r in info.guard_reasons})
         if info.confidence is not None:
             self.confidence.append(info.confidence)
@@ -106,6 +108,7 @@ def summarise(stats: RunStats, extra: dict[str, Any] | None = None) -> dict[str,
         "link_lost_ticks": stats.link_lost_ticks,
         "guard_interventions": stats.guard_interventions,
         "recoveries": stats.recoveries,
+        "wall_follows": stats.wall_follows,
         "guard_reasons": dict(sorted(stats.guard_reasons.items(), key=lambda kv: (-kv[1], _kind_rank(kv[0])))),
         "confidence_mean": float(np.mean(stats.confidence)) if stats.confidence else None,
     }
@@ -154,7 +157,8 @@ def print_summary(summary: dict[str, Any], console: Any = None) -> None:
     why = f" ({', '.join(f'{k} {v}' for k, v in reasons.items())})" if reasons else ""
     table.add_row("safety", f"guard changed {summary['guard_interventions']} commands{why}, link lost "
                             f"{summary['link_lost_ticks']} ticks, low confidence {summary['low_confidence_ticks']} ticks, "
-                            f"unsticking reflex {summary.get('recoveries', 0)} times")
+                            f"unsticking reflex {summary.get('recoveries', 0)} times, "
+                            f"wall following {summary.get('wall_follows', 0)} times")
     for key in ("mcap", "gif", "summary_json"):
         if key in summary:
             table.add_row(key, str(summary[key]))

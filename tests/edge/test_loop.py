@@ -17,6 +17,7 @@ from edge.fallback.base import FallbackEvent, MacroAction  # noqa: E402
 from edge.loop import ControlLoop, GoalTarget, NoiseRing, shift_plan  # noqa: E402
 from edge.odometry import Odometry  # noqa: E402
 from edge.recorder import FlightRecorder, read_flight_log  # noqa: E402
+from edge.status import RunStats, summarise  # noqa: E402
 
 
 def make_loop(cfg: RunConfig | None = None, **kw):
@@ -308,6 +309,11 @@ def test_stuck_robot_backs_off_then_follows_the_wall_until_the_goal_is_closer() 
     link.ranges = [0.3] * 8                                     # now closer to the (zero) goal embedding
     info = loop.tick(clock.now() + 1)
     assert info.source == "planner"
+    stats = RunStats(20.0)
+    for i in infos + [info]:
+        stats.add(i)
+    summary = summarise(stats)
+    assert summary["recoveries"] == 1 and summary["wall_follows"] == 1  # one stall, one following
     assert "wall following ended: the goal is closer" in [t for _, k, t in loop.events if k == "recovery"][-1]
 
 
