@@ -263,11 +263,11 @@ class StuckRecovery:
     planner as soon as the distance is ``FOLLOW_LEAVE_FRAC`` (3%) below it (the robot has got
     round the obstacle, e.g. through a door; the margin keeps embedding noise from handing a robot
     still at the wall back to the planner, which would push it into the wall again), or after
-    ``follow_max_s``. It follows towards the side whose side range (90 degrees) reads longer
-    (more wall that way, so more likely the door), mirrored when the robot reversed into the
-    obstacle (the wall is then behind it). It turns back at the first inner corner (the wall ended
-    without an opening): it turns in place until the wall lies along its other side, and the way
-    back gets a whole ``follow_max_s`` of its own. Later followings in the same episode keep the
+    ``follow_max_s``. The nearest range beam gives the wall's bearing; the robot follows the
+    wall towards the longer of the two beams 90 degrees either side of it (more wall that way, so
+    more likely the door; for a robot facing the wall these are its side ranges). It turns back
+    at the first inner corner (the wall ended without an opening): it turns in place until the
+    wall lies along its other side, and the way back gets a whole ``follow_max_s`` of its own. Later followings in the same episode keep the
     last direction; after a timeout on the first way they go the other way. A stall with no wall
     within ``FOLLOW_NEAR_M`` (e.g. a robot turning in place from rest) gets the back-off only.
     Stuck while following: the back-off runs, then the following goes on.
@@ -423,11 +423,12 @@ class StuckRecovery:
             if follow_on:
                 new = started & ~self._follow
                 new &= r.min(axis=1) < FOLLOW_NEAR_M  # a wall to follow is within reach
-                longer = r[:, 2] > r[:, 6]
-                # travel towards the longer side: facing the wall (a forward push), travelling along
-                # the left beam puts the wall on the right; with the wall behind (a backward push)
-                # on the left
-                towards = np.where(longer, -1.0, 1.0) * np.where(self._sent_v < 0, -1.0, 1.0)
+                # the nearest beam n points at the wall; travel along it towards the longer of the
+                # beams 90 degrees either side: towards n + 2 (counter-clockwise of the wall) puts the
+                # wall on the right, towards n - 2 on the left
+                n = np.argmin(r, axis=1)
+                ar = np.arange(self.batch)
+                towards = np.where(r[ar, (n + 2) % 8] > r[ar, (n - 2) % 8], -1.0, 1.0)
                 side = np.where(self._next_side != 0, self._next_side, towards)
                 self._side = np.where(new, side, self._side)
                 self._next_side = np.where(new, side, self._next_side)

@@ -344,6 +344,18 @@ def test_backward_stall_follows_towards_the_longer_side_with_the_wall_behind() -
     assert out[3][0].mean() > 0                           # the back-off drives forward, away from the wall
 
 
+def test_side_choice_follows_the_wall_where_it_is_not_where_the_push_went() -> None:
+    """Held by the range guard with the wall at the rear left (from an edge-run flight log): the
+    nearest beam (135 degrees) gives the wall's bearing; travelling along it towards the longer of
+    the two beams 90 degrees either side (45 degrees: 1.13 m, not 225 degrees: 0.71 m) keeps the
+    wall on the left. (The push was backwards, but the wall is not behind the robot.)"""
+    ranges = [1.74, 1.13, 0.15, 0.07, 0.12, 0.71, 0.98, 1.55]
+    rec = StuckRecovery(RecoveryConfig(), 0.05, batch=1, seed=0)
+    for _ in range(4):
+        rec.step(np.array([[-0.9, -0.2]]), np.zeros((1, 2)), None, np.array([ranges]), np.array([3.0]))
+    assert rec.following[0] and rec.side[0] == 1.0
+
+
 def test_a_stall_in_the_open_backs_off_but_does_not_follow() -> None:
     """A stall with no wall within FOLLOW_NEAR_M (a robot turning in place from rest) gets the
     reflex only: there is no wall to follow, and the follower would circle in the open."""
