@@ -189,12 +189,12 @@ def test_sim_miss_hint_names_the_replay_seed_and_the_default_models_known_limit(
     assert sim_miss_hint([hit, hit], 7, cfg, "default") is None
     text = sim_miss_hint([hit, miss], 7, cfg, "default")
     assert "1 of 2 goal(s) not reached" in text and "--seed 7 --episodes 2" in text
-    assert "--goal-room same" in text and "about 75%" in text and "38 of 50 edge-run episodes" in text
+    assert "--goal-room same" in text and "about 92%" in text and "185 of 200 edge-run episodes" in text
     no_reflex = load_run_config(None, [parse_override("recovery.enabled=false")])
     assert "without the unsticking reflex (15 of 50" in sim_miss_hint([miss], 7, no_reflex, "default")
     no_follow = load_run_config(None, [parse_override("recovery.follow_wall=false")])
     assert "without the wall follower (21-22 of 50" in sim_miss_hint([miss], 7, no_follow, "default")
     other = sim_miss_hint([miss], 7, cfg, "my_model")
-    assert "--seed 7 and look at" in other and "about 75%" not in other
+    assert "--seed 7 and look at" in other and "about 92%" not in other
     same_room = load_run_config(None, [parse_override("sim.goal_room=same")])
-    assert "about 75%" not in sim_miss_hint([miss], 3, same_room, "default")
+    assert "about 92%" not in sim_miss_hint([miss], 3, same_room, "default")
