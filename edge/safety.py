@@ -267,10 +267,11 @@ class StuckRecovery:
     wall towards the longer of the two beams 90 degrees either side of it (more wall that way, so
     more likely the door; for a robot facing the wall these are its side ranges). It turns back
     at the first inner corner (the wall ended without an opening): it turns in place until the
-    wall lies along its other side, and the way back gets a whole ``follow_max_s`` of its own. Later followings in the same episode keep the
-    last direction; after a timeout on the first way they go the other way. A stall with no wall
-    within ``FOLLOW_NEAR_M`` (e.g. a robot turning in place from rest) gets the back-off only.
-    Stuck while following: the back-off runs, then the following goes on.
+    wall lies along its other side, and the way back gets a whole ``follow_max_s`` of its own.
+    Later followings in the same episode keep the last direction; after a timeout on the first
+    way they go the other way. A stall with no wall within ``FOLLOW_NEAR_M`` (e.g. a robot
+    turning in place from rest) gets the back-off only. Stuck while following: the back-off
+    runs, then the following goes on.
 
     Why: the world models this runtime plans with are least accurate in contact with walls (a
     predictor that takes the robot through a wall keeps the planner pushing against it), the
@@ -423,7 +424,7 @@ class StuckRecovery:
             if follow_on:
                 new = started & ~self._follow
                 new &= r.min(axis=1) < FOLLOW_NEAR_M  # a wall to follow is within reach
-                # the nearest beam n points at the wall; travel along it towards the longer of the
+                # the nearest beam n points at the wall; travel along the wall towards the longer of the
                 # beams 90 degrees either side: towards n + 2 (counter-clockwise of the wall) puts the
                 # wall on the right, towards n - 2 on the left
                 n = np.argmin(r, axis=1)
