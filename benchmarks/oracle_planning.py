@@ -157,15 +157,16 @@ def run_oracle(wm, cfg, cost: str, episodes: int, max_steps: int, seed: int) -> 
     t0 = time.perf_counter()
     for t in tqdm(range(max_steps), desc=cost, leave=False):
         idx = np.flatnonzero(~success)  # the controller plans these, in this order
+        z = encode(obs)
         if cost == "learned_geodesic":
             model.set_state(sim.layout.take(idx), sim.goal[idx])
-            z0, zg = encode(obs), distance_goal
+            z0, zg = z, distance_goal
         else:
             model.set_state(sim.robot.pose[idx].copy(), sim.layout.take(idx), sim.goal[idx])
-            z0, zg = (encode(obs), z_goal_all) if embedding_cost else (distance_goal, distance_goal)
+            z0, zg = (z, z_goal_all) if embedding_cost else (distance_goal, distance_goal)
         actions = ctl.act(z0, zg, torch.from_numpy(~success)).numpy()
         if recovery is not None:
-            gd = torch.linalg.vector_norm(encode(obs) - z_goal_all, dim=-1).numpy()
+            gd = torch.linalg.vector_norm(z - z_goal_all, dim=-1).numpy()
             actions = recovery.step(actions, obs["pose"][:, :2], ~success, obs["ranges"], gd)[0]
         obs, info = sim.step(actions)
         new = info["success"] & ~success

@@ -47,7 +47,7 @@ import numpy as np
 from edge.config import RunConfig
 from edge.fallback.base import Fallback, FallbackEvent, MacroAction, Situation
 from edge.odometry import Odometry, wrap_angle
-from edge.safety import FOLLOW_LEAVE_FRAC, EStop, SafetyGuard, StuckRecovery
+from edge.safety import EStop, SafetyGuard, StuckRecovery
 from edge.sim.obs import SensorNormalisation, sensor_vector
 
 log = logging.getLogger("edge.loop")
@@ -670,7 +670,7 @@ class ControlLoop:
                             follow_started = True
                             then = (f", then following the wall on the "
                                     f"{'left' if self.recovery.side[0] > 0 else 'right'} until the embedding "
-                                    f"distance to the goal is below {emb_dist * (1 - FOLLOW_LEAVE_FRAC):.2f}")
+                                    f"distance to the goal is below {self.recovery.leave_distance[0]:.2f}")
                         self._event("recovery", f"stuck: the robot was asked to drive but has not moved "
                                                 f"for {self.recovery.stuck_ticks} ticks; backing off for "
                                                 f"{self.recovery.backoff_ticks} ticks{then}")

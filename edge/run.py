@@ -57,8 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                "a stop on bad sensors, and the unsticking reflex (recovery.*, on by default: a drive command\n"
                "that leaves the robot still for 0.15 s is followed by 0.3 s of backing off with a turn, then\n"
                "by following the wall with the range sensors until the embedding distance to the goal is\n"
-               "below where it got stuck, at most 6 s; --set recovery.follow_wall=false keeps only the\n"
-               "back-off, --set recovery.enabled=false turns both off). --print-config shows every setting.")
+               "3% below where it got stuck, at most 6 s each way; --set recovery.follow_wall=false keeps\n"
+               "only the back-off, --set recovery.enabled=false turns both off). --print-config shows every\n"
+               "setting.")
     p.add_argument("--device", choices=DEVICES, help="inference device: cpu|pi (ONNX Runtime), jetson (TensorRT)")
     p.add_argument("--sim", action="store_true", help="drive the simulated ESP32 (real firmware core) over a pty")
     p.add_argument("--config", metavar="FILE", help="YAML configuration (see configs/edge-run.yaml)")

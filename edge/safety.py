@@ -204,6 +204,7 @@ FOLLOW_LOST_M = (0.4, 0.55)  # side / diagonal ranges beyond which the wall is l
 FOLLOW_ARC = (0.4, 0.16)   # (speed, turn) of the arc towards the lost wall: ~0.2 m radius round a door post
 FOLLOW_BLOCKED_M = (0.15, 0.06)  # front range, or front diagonal projected on the side, below which
                                  # the follower turns in place, away from the wall
+FOLLOW_SPIN = 0.5          # turn (normalised) of the follower's turns in place
 FOLLOW_CORNER_M = (0.2, 0.35, 0.15)  # inner corner: front < [0], side < [1], after > [2] m along the wall
 FOLLOW_UTURN_M = (0.3, 0.35)  # the turn in place after a turn-back ends when front > [0] and new side < [1]
 FOLLOW_UTURN_S = 2.0       # ... or after this long (a half turn in place takes ~1 s)
@@ -241,7 +242,7 @@ def wall_follow_command(ranges_m: np.ndarray, side: np.ndarray, distance_m: floa
     w = np.where(lost, s * FOLLOW_ARC[1], w)
     blocked = (r[:, 0] < FOLLOW_BLOCKED_M[0]) | (diag * math.sqrt(0.5) < FOLLOW_BLOCKED_M[1])
     v = np.where(blocked, 0.0, v)
-    w = np.where(blocked, -s * 0.5, w)
+    w = np.where(blocked, -s * FOLLOW_SPIN, w)
     return np.stack([v - w, v + w], axis=-1)
 
 
@@ -351,6 +352,12 @@ class StuckRecovery:
         return self._d_hit.copy()
 
     @property
+    def leave_distance(self) -> np.ndarray:
+        """``[B]``: the embedding distance to the goal below which the current following ends
+        (``FOLLOW_LEAVE_FRAC`` below :attr:`stuck_distance`)."""
+        return self._d_hit * (1 - FOLLOW_LEAVE_FRAC)
+
+    @property
     def side(self) -> np.ndarray:
         """``[B]``: +1 follows with the wall on the left, -1 on the right (meaningful while following)."""
         return self._side.copy()
@@ -382,7 +389,7 @@ class StuckRecovery:
             r = np.nan_to_num(np.asarray(ranges_m, dtype=np.float64).reshape(self.batch, 8), nan=0.0)  # NaN: touching
             d = np.asarray(goal_distance, dtype=np.float64).reshape(self.batch)
             self._follow &= ok
-            closer = self._follow & (d < self._d_hit * (1 - FOLLOW_LEAVE_FRAC))
+            closer = self._follow & (d < self.leave_distance)
             timeout = self._follow & ~closer & (self._ticks >= self.follow_max_ticks)
             # after a turn-back the robot already heads the other way: the next following keeps it
             self._next_side = np.where(timeout & ~self._turned, -self._side, self._next_side)
@@ -403,7 +410,7 @@ class StuckRecovery:
             self._uturn = np.where(~self._follow | along_new, 0, self._uturn)
             follow_cmd = wall_follow_command(r, self._side, c.follow_distance_m, c.follow_speed)
             # the turn-back: turn in place towards the wall it followed until it lies along the new side
-            spin = np.stack([self._side * 0.5, -self._side * 0.5], axis=-1)
+            spin = np.stack([self._side * FOLLOW_SPIN, -self._side * FOLLOW_SPIN], axis=-1)
             follow_cmd = np.where((self._uturn > 0)[:, None], spin, follow_cmd)
             self._uturn = np.maximum(self._uturn - 1, 0)
             req = np.where(self._follow[:, None], follow_cmd, req)
