@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge.sim.env import BatchSim, SimConfig  # noqa: E402
 from edge.sim.world import Layout  # noqa: E402
-from training.evaluate import Encoder, evaluation_episodes, make_recovery, run_episodes, wilson_interval  # noqa: E402
+from training.evaluate import Encoder, evaluation_episodes, make_recovery, recovery_step, run_episodes, wilson_interval  # noqa: E402
 from training.planner import MPCController  # noqa: E402
 from training.walls import fit_position_probe, geodesic_distance  # noqa: E402
 
@@ -167,7 +167,7 @@ def run_oracle(wm, cfg, cost: str, episodes: int, max_steps: int, seed: int) -> 
         actions = ctl.act(z0, zg, torch.from_numpy(~success)).numpy()
         if recovery is not None:
             gd = torch.linalg.vector_norm(z - z_goal_all, dim=-1).numpy()
-            actions = recovery.step(actions, obs["pose"][:, :2], ~success, obs["ranges"], gd)[0]
+            actions = recovery_step(recovery, ctl, sim, obs, actions, ~success, gd)
         obs, info = sim.step(actions)
         new = info["success"] & ~success
         steps_to_goal[new] = t + 1

@@ -47,7 +47,7 @@ import numpy as np
 from edge.config import RunConfig
 from edge.fallback.base import Fallback, FallbackEvent, MacroAction, Situation
 from edge.odometry import Odometry, wrap_angle
-from edge.safety import EStop, SafetyGuard, StuckRecovery
+from edge.safety import EStop, SafetyGuard, StuckRecovery, plan_is_clear
 from edge.sim.obs import SensorNormalisation, sensor_vector
 
 log = logging.getLogger("edge.loop")
@@ -658,9 +658,13 @@ class ControlLoop:
             if self.recovery is not None:
                 if source == "planner":
                     was_following = bool(self.recovery.following[0])
+                    ranges = np.array([obs.ranges_m], dtype=np.float64)
+                    clear = (plan_is_clear(self._mean[None], ranges, self.period, self.action_repeat,
+                                           self.cfg.robot.wheel_radius_m, self.cfg.robot.wheel_base_m,
+                                           self.max_wheel_speed)
+                             if self.recovery.following[0] else None)  # only a following's end needs it
                     sent, override, started = self.recovery.step(
-                        np.array([command]), np.array([obs.pose[:2]]), None,
-                        np.array([obs.ranges_m], dtype=np.float64), np.array([emb_dist]))
+                        np.array([command]), np.array([obs.pose[:2]]), None, ranges, np.array([emb_dist]), clear)
                     if override[0]:
                         command, source = (float(sent[0, 0]), float(sent[0, 1])), "recovery"
                     if started[0]:

@@ -210,6 +210,8 @@ FOLLOW_UTURN_M = (0.3, 0.35)  # the turn in place after a turn-back ends when fr
 FOLLOW_UTURN_S = 2.0       # ... or after this long (a half turn in place takes ~1 s)
 FOLLOW_NEAR_M = 0.3        # a following starts only with a wall this close (a stall in the open does not)
 FOLLOW_LEAVE_FRAC = 0.03   # leave when the goal distance is this fraction below where it got stuck
+FOLLOW_CLEAR_S = 0.75      # ... and the planner's next this-many seconds of plan run clear of the ranges
+FOLLOW_CLEAR_MARGIN_M = 0.05  # ... by this much (metres, beyond the body)
 _DIAG_CAP_M = 0.6          # diagonal ranges are capped here (a far reading says only "no wall")
 
 
@@ -246,6 +248,46 @@ def wall_follow_command(ranges_m: np.ndarray, side: np.ndarray, distance_m: floa
     return np.stack([v - w, v + w], axis=-1)
 
 
+def plan_is_clear(plan: np.ndarray, ranges_m: np.ndarray, period_s: float, ticks_per_step: int,
+                  wheel_radius_m: float, wheel_base_m: float, max_wheel_speed: float,
+                  horizon_s: float | None = None, margin_m: float | None = None) -> np.ndarray:
+    """``[B] bool``: the planner's plan drives clear of the obstacles the range sensors see now.
+
+    The first ``horizon_s`` of each plan ``[B, H, 2]`` (normalised wheel commands, one row per
+    planner step of ``ticks_per_step`` control ticks of ``period_s``) is driven through the
+    differential-drive kinematics from the robot's pose now; every point of the path must lie
+    nearer than the range reading along its bearing (``ranges_m [B, n]``, metres from the body
+    surface, beam ``i`` at ``360 * i / n`` degrees counter-clockwise; between two beams the
+    nearer of the two counts; NaN counts as touching) less ``margin_m`` (defaults:
+    ``FOLLOW_CLEAR_S`` and ``FOLLOW_CLEAR_MARGIN_M``). This is the leave
+    condition of the Tangent Bug algorithm: the wall follower hands the robot back to the planner
+    only where the planner would not drive it straight back into the wall.
+    """
+    horizon_s = FOLLOW_CLEAR_S if horizon_s is None else horizon_s
+    margin_m = FOLLOW_CLEAR_MARGIN_M if margin_m is None else margin_m
+    a = np.asarray(plan, dtype=np.float64)
+    r = np.nan_to_num(np.asarray(ranges_m, dtype=np.float64), nan=0.0)
+    b, h = a.shape[0], a.shape[1]
+    n = r.shape[1]
+    ticks = max(1, round(horizon_s / period_s))
+    step = np.minimum(np.arange(ticks) // max(1, int(ticks_per_step)), h - 1)
+    wheel = a[:, step] * max_wheel_speed * wheel_radius_m        # [B, T, 2] wheel rim speeds, m/s
+    v = wheel.mean(axis=-1)
+    w = (wheel[..., 1] - wheel[..., 0]) / wheel_base_m
+    th = np.cumsum(w * period_s, axis=1)
+    x = np.cumsum(v * np.cos(th) * period_s, axis=1)
+    y = np.cumsum(v * np.sin(th) * period_s, axis=1)
+    rho = np.hypot(x, y)
+    beam = np.mod(np.arctan2(y, x), 2 * np.pi) / (2 * np.pi / n)  # fractional beam index
+    lo = np.floor(beam).astype(np.int64) % n
+    frac = beam - np.floor(beam)
+    rows = np.arange(b)[:, None]
+    between = np.minimum(r[rows, lo], r[rows, (lo + 1) % n])
+    nearest = r[rows, np.rint(beam).astype(np.int64) % n]
+    free = np.where((frac > 0.25) & (frac < 0.75), between, nearest)
+    return np.all((rho <= free - margin_m) | (rho < 1e-3), axis=1)  # standing still hits nothing
+
+
 class StuckRecovery:
     """The unsticking reflex and the wall follower of :class:`~edge.config.RecoveryConfig`,
     batched over ``B`` robots (``edge-run`` uses one; ``edge-eval`` with ``eval.recovery=true``
@@ -263,8 +305,11 @@ class StuckRecovery:
     remembers the embedding distance to the goal where it got stuck and hands control back to the
     planner as soon as the distance is ``FOLLOW_LEAVE_FRAC`` (3%) below it (the robot has got
     round the obstacle, e.g. through a door; the margin keeps embedding noise from handing a robot
-    still at the wall back to the planner, which would push it into the wall again), or after
-    ``follow_max_s``. The nearest range beam gives the wall's bearing; the robot follows the
+    still at the wall back to the planner, which would push it into the wall again) and, when
+    :meth:`step` is given it, the planner's plan runs clear of the walls the range sensors see
+    (:func:`plan_is_clear`: the leave condition of the Tangent Bug algorithm; a robot that gets
+    closer to the goal along the wall, with the goal still behind it, is not handed back to be
+    pushed into it again), or after ``follow_max_s``. The nearest range beam gives the wall's bearing; the robot follows the
     wall towards the longer of the two beams 90 degrees either side of it (more wall that way, so
     more likely the door; for a robot facing the wall these are its side ranges). It turns back
     at the first inner corner (the wall ended without an opening): it turns in place until the
@@ -364,7 +409,8 @@ class StuckRecovery:
 
     def step(self, requested: np.ndarray, xy: np.ndarray, active: np.ndarray | None = None,
              ranges_m: np.ndarray | None = None,
-             goal_distance: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+             goal_distance: np.ndarray | None = None,
+             plan_clear: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One tick.
 
         Args:
@@ -375,6 +421,9 @@ class StuckRecovery:
             ranges_m: ``[B, 8]`` range readings (metres) now; with ``goal_distance``, enables the
                 wall follower (when ``follow_wall`` is on).
             goal_distance: ``[B]`` embedding distance from the current observation to the goal.
+            plan_clear: ``[B] bool`` the planner's plan runs clear of the obstacles in view
+                (:func:`plan_is_clear`); when given, a following ends on a closer goal only where
+                it is true (default: not checked).
         Returns:
             ``command [B, 2]`` to send, ``override [B] bool`` (the command is the reflex's or the
             wall follower's, not the planner's), ``started [B] bool`` (a reflex started this tick).
@@ -390,6 +439,8 @@ class StuckRecovery:
             d = np.asarray(goal_distance, dtype=np.float64).reshape(self.batch)
             self._follow &= ok
             closer = self._follow & (d < self.leave_distance)
+            if plan_clear is not None:  # the planner would drive the robot straight back into the wall
+                closer &= np.asarray(plan_clear, dtype=bool).reshape(self.batch)
             timeout = self._follow & ~closer & (self._ticks >= self.follow_max_ticks)
             # after a turn-back the robot already heads the other way: the next following keeps it
             self._next_side = np.where(timeout & ~self._turned, -self._side, self._next_side)

@@ -164,7 +164,7 @@ def run_episodes(wm: WorldModel, cfg: Config, episodes: int, max_steps: int, see
         t_plan += time.perf_counter() - t0
         if recovery is not None:
             gd = torch.linalg.vector_norm(z - z_goal, dim=-1).numpy()
-            actions = recovery.step(actions, obs["pose"][:, :2], ~success, obs["ranges"], gd)[0]
+            actions = recovery_step(recovery, ctl, sim, obs, actions, ~success, gd)
         obs, info = sim.step(actions)
         collisions += info["collided"] & ~success
         new = info["success"] & ~success
@@ -209,6 +209,20 @@ def make_recovery(cfg: Config, sim, seed: int):
     from edge.safety import StuckRecovery
 
     return StuckRecovery(RecoveryConfig(), sim.cfg.dt, batch=sim.num_envs, seed=seed + 3)
+
+
+def recovery_step(recovery, ctl: MPCController, sim, obs: dict, actions: np.ndarray, active: np.ndarray,
+                  goal_distance: np.ndarray) -> np.ndarray:
+    """One :meth:`edge.safety.StuckRecovery.step` for the episodes of ``sim``, as ``edge-run``
+    calls it: with the ranges, the embedding distance to the goal and whether the controller's
+    latest plan runs clear of the walls in view (:func:`edge.safety.plan_is_clear`). Returns
+    the commands to send ``[B, 2]``."""
+    from edge.safety import plan_is_clear
+
+    rb = sim.cfg.robot
+    clear = plan_is_clear(ctl.plan.numpy(), obs["ranges"], sim.cfg.dt, ctl.action_repeat,
+                          rb.wheel_radius, rb.wheel_base, rb.max_wheel_speed)
+    return recovery.step(actions, obs["pose"][:, :2], active, obs["ranges"], goal_distance, clear)[0]
 
 
 def _write_gif(frames: list[np.ndarray], path: Path) -> None:

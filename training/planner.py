@@ -176,6 +176,8 @@ class MPCController:
         """Forget the previous plans (new episodes)."""
         c = self.cfg
         self.mean = torch.zeros(self.batch, c.horizon, self.action_dim)
+        #: ``[B, H, A]`` the latest plan (before the warm-start shift); zeros before the first
+        self.plan = torch.zeros(self.batch, c.horizon, self.action_dim)
         self.std = torch.full((self.batch, c.horizon, self.action_dim), c.std_init)
         self.last: PlanResult | None = None
         self.tick = 0
@@ -194,6 +196,7 @@ class MPCController:
         noise = torch.randn(c.iterations, len(idx), c.samples, c.horizon, self.action_dim, generator=self.generator)
         result = plan_batch(self.model, z0[idx], z_goal[idx], self.mean[idx], self.std[idx], noise, c)
         self.last = result
+        self.plan[idx] = result.mean
         self.tick += 1
         if self.tick % self.action_repeat == 0:
             self.mean[idx] = torch.cat([result.mean[:, 1:], result.mean[:, -1:]], dim=1)

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge.config import ConfigError, LimitsConfig, RecoveryConfig
-from edge.safety import EStop, SafetyGuard, StuckRecovery, sensor_problems, wall_follow_command
+from edge.safety import EStop, SafetyGuard, StuckRecovery, plan_is_clear, sensor_problems, wall_follow_command
 
 CLEAR = [2.0] * 8
 OK = dict(wheel_speeds=[0.0, 0.0], pose=[0.0, 0.0, 0.0])
@@ -331,6 +331,49 @@ def test_stuck_robot_backs_off_then_follows_the_wall_towards_the_longer_side_unt
     assert not override[0] and not rec.following[0] and np.allclose(cmd, [[0.8, 0.8]])  # planner again
     assert rec.follow_ended.tolist() == ["closer"]
     assert rec.follow_ticks.tolist() == [12]
+
+
+def _clear(plan, ranges, **kw):
+    """plan_is_clear for one robot with the shipped geometry: 20 Hz, 5 ticks a plan step."""
+    plan = np.broadcast_to(np.asarray(plan, float), (16, 2))[None]
+    return bool(plan_is_clear(plan, np.asarray([ranges], float), 0.05, 5, 0.033, 0.16, 15.0, **kw)[0])
+
+
+def test_plan_is_clear_drives_the_plan_through_the_kinematics_against_the_ranges() -> None:
+    wall_ahead = [0.3, 0.42, 2.0, 2.0, 2.0, 2.0, 2.0, 0.42]   # a wall 0.3 m ahead, open elsewhere
+    # full speed (0.5 m/s) for 0.75 s reaches 0.375 m: into the wall; half speed reaches 0.19 m
+    assert not _clear([1.0, 1.0], wall_ahead)
+    assert _clear([0.5, 0.5], wall_ahead)
+    assert not _clear([0.5, 0.5], wall_ahead, horizon_s=1.5)   # ... but not for twice as long
+    assert not _clear([0.5, 0.5], wall_ahead, margin_m=0.15)   # ... nor with a wider margin
+    assert _clear([-1.0, -1.0], wall_ahead)                    # reversing away is clear
+    assert _clear([0.0, 0.0], [0.01] * 8)                      # standing still hits nothing
+    wall_left = [2.0, 0.15, 0.1, 0.15, 2.0, 2.0, 2.0, 2.0]    # a wall 0.1 m on the left
+    assert _clear([1.0, 1.0], wall_left)                       # straight along it
+    assert not _clear([0.3, 1.0], wall_left)                   # curving left into it (a 0.15 m radius)
+    assert _clear([1.0, 0.3], wall_left)                       # curving right, away from it
+    # a path between two beams (22.5 deg) is checked against the nearer of them
+    ahead_open = [2.0, 0.12, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0]
+    assert _clear([1.0, 1.0], ahead_open, horizon_s=1.0)
+    assert not _clear([0.75, 1.0], ahead_open, horizon_s=1.0)  # a gentle left curve ends ~22 deg left
+    assert not _clear([1.0, 1.0], [2.0] * 8, horizon_s=5.0)   # 2.5 m of travel passes the 2 m reading
+    nan = [np.nan] + [2.0] * 7                                  # unknown ahead counts as touching
+    assert not _clear([0.5, 0.5], nan) and _clear([-0.5, -0.5], nan)
+
+
+def test_following_ends_on_a_closer_goal_only_where_the_plan_runs_clear() -> None:
+    ranges = [0.02, 0.05, 1.5, 1.2, 1.0, 1.2, 0.4, 0.05]
+    rec, r, _ = _follow_setup(ranges)
+    for i in range(8):                                    # the back-off, then the follower
+        rec.step(np.array([[0.8, 0.8]]), np.array([[0.03 * i, -0.2]]), None, r, np.array([3.1]), np.array([True]))
+    assert rec.following[0]
+    for i in range(3):  # closer, but the planner would drive back into the wall: keep following
+        _, override, _ = rec.step(np.array([[0.8, 0.8]]), np.array([[0.3 + 0.03 * i, -0.2]]), None, r,
+                                  np.array([2.5]), np.array([False]))
+        assert override[0] and rec.following[0] and rec.follow_ended[0] == ""
+    cmd, override, _ = rec.step(np.array([[0.8, 0.8]]), np.array([[0.4, -0.2]]), None, r, np.array([2.5]),
+                                np.array([True]))
+    assert not override[0] and rec.follow_ended.tolist() == ["closer"] and np.allclose(cmd, [[0.8, 0.8]])
 
 
 def test_backward_stall_follows_towards_the_longer_side_with_the_wall_behind() -> None:
