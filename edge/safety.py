@@ -311,7 +311,9 @@ class StuckRecovery:
     closer to the goal along the wall, with the goal still behind it, is not handed back to be
     pushed into it again), or after ``follow_max_s``. The nearest range beam gives the wall's bearing; the robot follows the
     wall towards the longer of the two beams 90 degrees either side of it (more wall that way, so
-    more likely the door; for a robot facing the wall these are its side ranges). It turns back
+    more likely the door; for a robot facing the wall these are its side ranges). When the
+    back-off ends it first turns in place, the short way round, until the wall lies along that
+    side (after a backward push the wall is behind the robot). It turns back
     at the first inner corner (the wall ended without an opening): it turns in place until the
     wall lies along its other side, and the way back gets a whole ``follow_max_s`` of its own.
     Later followings in the same episode keep the last direction; after a timeout on the first
@@ -363,7 +365,9 @@ class StuckRecovery:
         self._d_hit = np.zeros(batch)                      # embedding goal distance where it got stuck
         self._xy_hit = np.zeros((batch, 2))                # odometry position where it got stuck
         self._turned = np.zeros(batch, dtype=bool)         # turned back at an inner corner already
-        self._uturn = np.zeros(batch, dtype=np.int64)      # ticks left of the turn in place after a turn-back
+        self._uturn = np.zeros(batch, dtype=np.int64)      # ticks left of the follower's turn in place
+        self._spin = np.zeros(batch)                       # its turn (normalised, + counter-clockwise)
+        self._align = np.zeros(batch, dtype=bool)          # turn the wall onto the side when the back-off ends
         self._ticks = np.zeros(batch, dtype=np.int64)      # ticks of the current following
         #: ``[B]`` why a following ended at the last step: "" (it did not), "closer" or "timeout"
         self.follow_ended = np.full(batch, "", dtype="<U7")
@@ -378,6 +382,7 @@ class StuckRecovery:
         self._left[m] = 0
         self._follow[m] = False
         self._uturn[m] = 0
+        self._align[m] = False
         self._next_side[m] = 0.0
         self._ticks[m] = 0
 
@@ -456,12 +461,22 @@ class StuckRecovery:
             self._next_side = np.where(corner, self._side, self._next_side)
             self._ticks = np.where(corner, 0, self._ticks)  # the way back gets a full follow_max_s
             self._uturn = np.where(corner, self.uturn_ticks, self._uturn)
+            self._spin = np.where(corner, -self._side * FOLLOW_SPIN, self._spin)  # towards the wall it followed
+            # the back-off is over: turn in place the short way round until the wall (the nearest beam)
+            # lies along the side the robot follows it on, so the follower starts along the wall, not
+            # in an arc in the open (after a backward push the wall is behind the robot)
+            align = self._follow & self._align & (self._left == 0)
+            bearing = np.argmin(r, axis=1) * (math.pi / 4) - self._side * (math.pi / 2)
+            turn = np.sign(np.mod(bearing + math.pi, 2 * math.pi) - math.pi)
+            self._uturn = np.where(align, self.uturn_ticks, self._uturn)
+            self._spin = np.where(align, turn * FOLLOW_SPIN, self._spin)
+            self._align &= ~align
             side_new = np.where(self._side > 0, r[:, 2], r[:, 6])
             along_new = (r[:, 0] > FOLLOW_UTURN_M[0]) & (side_new < FOLLOW_UTURN_M[1])
             self._uturn = np.where(~self._follow | along_new, 0, self._uturn)
             follow_cmd = wall_follow_command(r, self._side, c.follow_distance_m, c.follow_speed)
-            # the turn-back: turn in place towards the wall it followed until it lies along the new side
-            spin = np.stack([self._side * FOLLOW_SPIN, -self._side * FOLLOW_SPIN], axis=-1)
+            # the turn-back and the start: turn in place until the wall lies along the side
+            spin = np.stack([-self._spin, self._spin], axis=-1)
             follow_cmd = np.where((self._uturn > 0)[:, None], spin, follow_cmd)
             self._uturn = np.maximum(self._uturn - 1, 0)
             req = np.where(self._follow[:, None], follow_cmd, req)
@@ -496,6 +511,7 @@ class StuckRecovery:
                 self._turned &= ~new
                 self._ticks = np.where(new, 0, self._ticks)
                 self._follow |= new
+                self._align |= started & self._follow
                 self.follows += new
         reflex = self._left > 0
         out = np.where(reflex[:, None], self._command, req)

@@ -387,6 +387,35 @@ def test_backward_stall_follows_towards_the_longer_side_with_the_wall_behind() -
     assert out[3][0].mean() > 0                           # the back-off drives forward, away from the wall
 
 
+def test_after_the_back_off_the_follower_first_turns_the_wall_onto_its_side() -> None:
+    """A robot that reversed into a wall has it behind: following it on the left needs a quarter
+    turn counter-clockwise in place, not an arc through the open room."""
+    behind = [1.0, 0.4, 1.5, 0.05, 0.02, 0.05, 0.4, 1.0]
+    rec = StuckRecovery(RecoveryConfig(), 0.05, batch=1, seed=0)
+    for _ in range(4):
+        rec.step(np.array([[-0.8, -0.8]]), np.zeros((1, 2)), None, np.array([behind]), np.array([3.0]))
+    assert rec.following[0] and rec.side[0] == 1.0
+    for i in range(5):                                    # the rest of the back-off
+        rec.step(np.array([[-0.8, -0.8]]), np.array([[0.02 * (i + 1), 0.0]]), None, np.array([behind]),
+                 np.array([3.0]))
+    for i in range(3):                                    # the wall still behind: turn left in place
+        cmd, override, _ = rec.step(np.array([[-0.8, -0.8]]), np.array([[0.1, 0.0]]), None,
+                                    np.array([behind]), np.array([3.0]))
+        assert override[0] and cmd[0, 1] == -cmd[0, 0] > 0
+    on_left = np.array([[1.0, 0.2, 0.12, 0.2, 1.0, 1.5, 1.5, 1.5]])  # turned: the wall along the left
+    cmd, override, _ = rec.step(np.array([[-0.8, -0.8]]), np.array([[0.1, 0.0]]), None, on_left, np.array([3.0]))
+    np.testing.assert_allclose(cmd, wall_follow_command(on_left, np.array([1.0]), 0.12,
+                                                        RecoveryConfig().follow_speed))
+    assert cmd.mean() > 0.5                               # and drives along it
+    # mirrored: the wall behind, followed on the right -> turn clockwise
+    rec = StuckRecovery(RecoveryConfig(), 0.05, batch=1, seed=0)
+    mirror = [1.0, 1.0, 0.4, 0.05, 0.02, 0.05, 1.5, 0.4]
+    for i in range(10):
+        cmd, _, _ = rec.step(np.array([[-0.8, -0.8]]), np.array([[0.01 * max(0, i - 3), 0.0]]), None,
+                             np.array([mirror]), np.array([3.0]))
+    assert rec.side[0] == -1.0 and cmd[0, 0] == -cmd[0, 1] > 0
+
+
 def test_side_choice_follows_the_wall_where_it_is_not_where_the_push_went() -> None:
     """Held by the range guard with the wall at the rear left (from an edge-run flight log): the
     nearest beam (135 degrees) gives the wall's bearing; travelling along it towards the longer of
