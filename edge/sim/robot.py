@@ -4,8 +4,10 @@ Vectorised over a batch of ``B`` robots. Within a physics substep the wheel spee
 constant and the pose is integrated exactly along the circular arc they define; between
 substeps the wheel speeds move towards their targets under the acceleration limit. A move that
 would bring the body (a disc) into a wall is cut at the exact time of impact
-(``geometry.swept_disc_toi``), the robot stops there and its wheels stop (stall), so there is
-no tunnelling at any speed. Encoders count wheel rotation (what the motor turned, including
+(``geometry.swept_disc_toi``), the robot stops there and the driving part of its wheel speeds
+stops (stall), so there is no tunnelling at any speed; the turning part (half the wheel speed
+difference) goes on, since a disc turning on the spot sweeps nothing (without it, a robot a
+hair inside a wall whose two motors turn at slightly different speeds could never turn away). Encoders count wheel rotation (what the motor turned, including
 slip); the ground moves by the rotation times ``(1 - slip)``; odometry integrates the encoder
 counts, so slip and encoder noise make odometry drift away from the true pose.
 """
@@ -160,7 +162,7 @@ class RobotBatch:
             if hit.any():
                 move_len = np.maximum(np.hypot(disp[:, 0], disp[:, 1]), 1e-12)
                 frac = np.where(hit, np.clip(toi - 1e-7 / move_len, 0.0, 1.0), 1.0)
-                dth = w * h * frac
+                dth = w * h  # a disc turning on the spot sweeps nothing: the turn is never blocked
                 new = np.stack(
                     [
                         self.pose[:, 0] + disp[:, 0] * frac,
@@ -169,8 +171,13 @@ class RobotBatch:
                     ],
                     axis=-1,
                 )
-                self.wheel_angle += self.wheel * h * frac[:, None]
-                self.wheel[hit] = 0.0
+                # the wheels' common (driving) part stalls against the wall; their difference (the
+                # turn) goes on: a robot touching a wall can still turn away from it
+                turn = (self.wheel[:, 1] - self.wheel[:, 0]) / 2.0
+                spin = np.stack([-turn, turn], axis=-1)
+                self.wheel_angle += np.where(hit[:, None], spin * h + (self.wheel - spin) * h * frac[:, None],
+                                             self.wheel * h)
+                self.wheel[hit] = spin[hit]
                 collided |= hit
             else:
                 self.wheel_angle += self.wheel * h

@@ -115,6 +115,31 @@ def test_collision_stops_robot_and_wheels_then_can_back_off():
     assert not collided[0] and rb.pose[0, 0] < x_before - 0.01
 
 
+def test_a_robot_touching_a_wall_can_still_turn_on_the_spot():
+    """Pressed against a wall (a hair inside it), with motors that turn at slightly different
+    speeds: the drive into the wall stalls, the turn goes on, so the robot can turn away (it
+    used to stay pinned with both wheels stopped)."""
+    cfg = RobotConfig(max_wheel_accel=1e9)
+    seg = np.array([[[0.5, -1.0, 0.5, 1.0]]])
+    rb = RobotBatch(cfg, [[0.5 - cfg.radius + 1e-4, 0.0, 0.0]])   # overlapping by 0.1 mm, facing it
+    hit = False
+    for _ in range(10):
+        hit |= rb.step(np.array([[-7.4, 7.5]]), 0.05, seg)[0]      # a turn with a small push forward
+    assert hit                                                      # the push stalls ...
+    assert rb.pose[0, 0] == pytest.approx(0.5 - cfg.radius + 1e-4, abs=1e-9)
+    # ... the turn does not: 10 x 0.05 s at w = r * 7.45 / (L / 2)
+    assert rb.pose[0, 2] == pytest.approx(cfg.wheel_radius * 14.9 / cfg.wheel_base * 0.5, rel=0.05)
+    assert rb.wheel[0] == pytest.approx([-7.45, 7.45])             # the driving part stopped
+    # an arc into the wall: the common part stalls at contact, the turn goes on the whole step
+    rb = RobotBatch(cfg, [[0.0, 0.0, 0.0]])
+    for _ in range(20):
+        rb.step(np.array([[15.0, 15.0]]), 0.05, seg)
+    th0 = rb.pose[0, 2]
+    rb.step(np.array([[10.0, 14.0]]), 0.05, seg)
+    assert rb.pose[0, 0] <= 0.5 - cfg.radius + 1e-6 and rb.pose[0, 2] - th0 == pytest.approx(
+        cfg.wheel_radius * 4.0 / cfg.wheel_base * 0.05, rel=1e-6)
+
+
 def test_swept_toi_hand_computed():
     """A disc of radius 0.1 moving +x from x=0 towards a wall at x=1 touches it at x=0.9."""
     seg = np.array([[[1.0, -1.0, 1.0, 1.0]]])
