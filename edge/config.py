@@ -119,7 +119,8 @@ class RecoveryConfig:
     asks to drive but the odometry shows the robot is not moving (pressed against a wall, or held
     by the range guard), back off with a turn for a moment; then, with ``follow_wall``, follow the
     wall (range sensors) until the embedding distance to the goal is below what it was where the
-    robot got stuck (or ``follow_max_s`` passes), and hand control back to the planner.
+    robot got stuck and the planner's plan runs clear of the walls in view (or ``follow_max_s``
+    passes), and hand control back to the planner.
     Planner commands only; every reflex command still passes the safety guard."""
 
     enabled: bool = True             # false: the planner keeps pushing (the confidence stall check still stops it)

@@ -290,9 +290,10 @@ def test_stuck_robot_with_flat_cost_counts_as_low_confidence() -> None:
     assert out == ["planner"] * 8
 
 
-def test_stuck_robot_backs_off_then_follows_the_wall_until_the_goal_is_closer() -> None:
+def test_stuck_robot_backs_off_then_follows_the_wall_until_the_goal_is_closer(monkeypatch) -> None:
     """Default recovery: after the back-off the wall follower drives (source "recovery", an event
-    saying which side), until the embedding distance to the goal is below where it got stuck."""
+    saying which side), until the embedding distance to the goal is below where it got stuck and
+    the planner's plan runs clear of the walls in view."""
     cfg = load_config(None, [{"limits": {"max_accel": 1000.0}}])
     loop, clock, link, backend, _ = make_loop(cfg)
     link.send_velocity = lambda l, r: link.sent.append((l, r))  # commands never turn the wheels
@@ -307,10 +308,25 @@ def test_stuck_robot_backs_off_then_follows_the_wall_until_the_goal_is_closer() 
     texts = [text for _, kind, text in loop.events if kind == "recovery"]
     assert any("following the wall on the left" in t for t in texts)
     link.ranges = [0.3] * 8                                     # now closer to the (zero) goal embedding
+    import edge.loop
+    seen = []
+    real_clear = edge.loop.plan_is_clear
+
+    def blocked(plan, ranges, *args):                           # ... but the plan would hit a wall
+        seen.append((np.array(plan), np.array(ranges)))
+        return np.zeros(len(plan), dtype=bool)
+
+    monkeypatch.setattr(edge.loop, "plan_is_clear", blocked)
+    clock.advance(0.05)
+    held = loop.tick(clock.now() + 1)
+    assert held.source == "recovery" and loop.recovery.following[0]
+    assert seen[0][0].shape == (1, backend.bundle.planner.H, 2) and seen[0][1].tolist() == [[0.3] * 8]
+    monkeypatch.setattr(edge.loop, "plan_is_clear", real_clear)
+    clock.advance(0.05)
     info = loop.tick(clock.now() + 1)
     assert info.source == "planner"
     stats = RunStats(20.0)
-    for i in infos + [info]:
+    for i in infos + [held, info]:
         stats.add(i)
     summary = summarise(stats)
     assert summary["recoveries"] == 1 and summary["wall_follows"] == 1  # one stall, one following

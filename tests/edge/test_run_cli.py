@@ -182,19 +182,25 @@ def test_sim_miss_hint_names_the_replay_seed_and_the_default_models_known_limit(
     """After a --sim run with missed goals: the replay command (seed, episodes) and, only for the
     shipped default bundle on the other-room task, its measured limit and --goal-room same."""
     from edge.config import load_config as load_run_config, parse_override
-    from edge.run import sim_miss_hint
+    from edge.run import DEFAULT_MODEL_OTHER_ROOM, sim_miss_hint
 
     hit, miss = {"goal_reached": True}, {"goal_reached": False}
     cfg = load_run_config(None, [])
     assert sim_miss_hint([hit, hit], 7, cfg, "default") is None
     text = sim_miss_hint([hit, miss], 7, cfg, "default")
     assert "1 of 2 goal(s) not reached" in text and "--seed 7 --episodes 2" in text
-    assert "--goal-room same" in text and "about 92%" in text and "185 of 200 edge-run episodes" in text
+    k, n = DEFAULT_MODEL_OTHER_ROOM["default"]
+    rate = f"about {round(100 * k / n)}%"
+    assert "--goal-room same" in text and rate in text and f"{k} of {n} edge-run episodes" in text
     no_reflex = load_run_config(None, [parse_override("recovery.enabled=false")])
-    assert "without the unsticking reflex (15 of 50" in sim_miss_hint([miss], 7, no_reflex, "default")
+    k_nr, n_nr = DEFAULT_MODEL_OTHER_ROOM["no_reflex"]
+    assert (f"about {round(100 * k_nr / n_nr)}% of random layouts without the unsticking reflex ({k_nr} of {n_nr}"
+            in sim_miss_hint([miss], 7, no_reflex, "default"))
     no_follow = load_run_config(None, [parse_override("recovery.follow_wall=false")])
-    assert "without the wall follower (21-22 of 50" in sim_miss_hint([miss], 7, no_follow, "default")
+    k_nf, n_nf = DEFAULT_MODEL_OTHER_ROOM["no_follower"]
+    assert (f"without the wall follower ({k_nf} of {n_nf} edge-run episodes; {k} of {n} with"
+            in sim_miss_hint([miss], 7, no_follow, "default"))
     other = sim_miss_hint([miss], 7, cfg, "my_model")
-    assert "--seed 7 and look at" in other and "about 92%" not in other
+    assert "--seed 7 and look at" in other and rate not in other
     same_room = load_run_config(None, [parse_override("sim.goal_room=same")])
-    assert "about 92%" not in sim_miss_hint([miss], 3, same_room, "default")
+    assert rate not in sim_miss_hint([miss], 3, same_room, "default")
