@@ -503,12 +503,19 @@ class StuckRecovery:
                 n = np.argmin(r, axis=1)
                 ar = np.arange(self.batch)
                 towards = np.where(r[ar, (n + 2) % 8] > r[ar, (n - 2) % 8], -1.0, 1.0)
-                side = np.where(self._next_side != 0, self._next_side, towards)
+                # a wall beside the push (90 degrees either side of where the robot pushed: the range
+                # guard held it while it drove along the wall) is not what blocks the way: follow it
+                # on in the push direction, round inner corners too (no turn-back), and leave the
+                # remembered direction to the wall that does block it
+                rel = np.where(self._sent_v > 0, n, (n + 4) % 8)
+                grazing = (rel == 2) | (rel == 6)
+                side = np.where(grazing, np.where(rel == 2, 1.0, -1.0),
+                                np.where(self._next_side != 0, self._next_side, towards))
                 self._side = np.where(new, side, self._side)
-                self._next_side = np.where(new, side, self._next_side)
+                self._next_side = np.where(new & ~grazing, side, self._next_side)
                 self._d_hit = np.where(new, d, self._d_hit)
                 self._xy_hit = np.where(new[:, None], pos, self._xy_hit)
-                self._turned &= ~new
+                self._turned = np.where(new, grazing, self._turned)
                 self._ticks = np.where(new, 0, self._ticks)
                 self._follow |= new
                 self._align |= started & self._follow

@@ -416,6 +416,31 @@ def test_after_the_back_off_the_follower_first_turns_the_wall_onto_its_side() ->
     assert rec.side[0] == -1.0 and cmd[0, 0] == -cmd[0, 1] > 0
 
 
+def test_a_wall_beside_the_push_is_followed_on_in_the_push_direction_round_corners() -> None:
+    """Held by the range guard while driving along a wall (the wall at 90 degrees of the push):
+    that wall is not what blocks the way, so the robot follows it on forwards, even though the
+    beam behind reads longer; no turn-back at the next inner corner (it turns the corner), and
+    the next following (at the wall that blocks the way) chooses its own direction."""
+    beside = [0.36, 1.5, 1.8, 1.5, 0.9, 0.05, 0.03, 0.05]   # wall on the right, a wall 0.36 m ahead
+    rec = StuckRecovery(RecoveryConfig(), 0.05, batch=1, seed=0)
+    for _ in range(4):
+        rec.step(np.array([[0.9, 0.9]]), np.zeros((1, 2)), None, np.array([beside]), np.array([3.0]))
+    assert rec.following[0] and rec.side[0] == -1.0          # wall on the right: travel forwards
+    assert rec._next_side[0] == 0.0                           # no direction remembered
+    for i in range(6):                                        # back-off, then along the wall
+        rec.step(np.array([[0.9, 0.9]]), np.array([[0.0, 0.01 * i]]), None, np.array([beside]), np.array([3.0]))
+    corner = np.array([[0.1, 0.3, 1.8, 1.5, 0.9, 0.1, 0.12, 0.1]])  # inner corner ahead, 0.3 m along
+    cmd, _, _ = rec.step(np.array([[0.9, 0.9]]), np.array([[0.3, 0.0]]), None, corner, np.array([3.0]))
+    assert rec.side[0] == -1.0 and cmd[0, 1] > cmd[0, 0]     # no turn-back: turns left, round the corner
+    # reversing along a wall (wall on the robot's left, the push backwards): following it on
+    # backwards puts it on the right of the travel direction
+    rec = StuckRecovery(RecoveryConfig(), 0.05, batch=1, seed=0)
+    behind_beside = [0.9, 0.05, 0.03, 0.05, 0.36, 1.5, 1.8, 1.5]
+    for _ in range(4):
+        rec.step(np.array([[-0.9, -0.9]]), np.zeros((1, 2)), None, np.array([behind_beside]), np.array([3.0]))
+    assert rec.following[0] and rec.side[0] == -1.0
+
+
 def test_side_choice_follows_the_wall_where_it_is_not_where_the_push_went() -> None:
     """Held by the range guard with the wall at the rear left (from an edge-run flight log): the
     nearest beam (135 degrees) gives the wall's bearing; travelling along it towards the longer of
