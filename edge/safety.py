@@ -303,23 +303,26 @@ class StuckRecovery:
     With ``follow_wall`` (and :meth:`step` given the ranges and the embedding distance to the
     goal), the robot then follows the wall, as the Bug algorithms of motion planning do: it
     remembers the embedding distance to the goal where it got stuck and hands control back to the
-    planner as soon as the distance is ``FOLLOW_LEAVE_FRAC`` (3%) below it (the robot has got
-    round the obstacle, e.g. through a door; the margin keeps embedding noise from handing a robot
-    still at the wall back to the planner, which would push it into the wall again) and, when
+    planner as soon as the distance is ``FOLLOW_LEAVE_FRAC`` (3%) below it (the robot has got round
+    the obstacle, e.g. through a door; the margin keeps embedding noise from handing a robot still
+    at the wall back to the planner, which would push it into the wall again) and, when
     :meth:`step` is given it, the planner's plan runs clear of the walls the range sensors see
     (:func:`plan_is_clear`: the leave condition of the Tangent Bug algorithm; a robot that gets
     closer to the goal along the wall, with the goal still behind it, is not handed back to be
-    pushed into it again), or after ``follow_max_s``. The nearest range beam gives the wall's bearing; the robot follows the
-    wall towards the longer of the two beams 90 degrees either side of it (more wall that way, so
-    more likely the door; for a robot facing the wall these are its side ranges). When the
-    back-off ends it first turns in place, the short way round, until the wall lies along that
-    side (after a backward push the wall is behind the robot). It turns back
-    at the first inner corner (the wall ended without an opening): it turns in place until the
-    wall lies along its other side, and the way back gets a whole ``follow_max_s`` of its own.
-    Later followings in the same episode keep the last direction; after a timeout on the first
-    way they go the other way. A stall with no wall within ``FOLLOW_NEAR_M`` (e.g. a robot
-    turning in place from rest) gets the back-off only. Stuck while following: the back-off
-    runs, then the following goes on.
+    pushed into it again), or after ``follow_max_s``. The nearest range beam gives the wall's
+    bearing; the robot follows the wall towards the longer of the two beams 90 degrees either side
+    of it (more wall that way, so more likely the door; for a robot facing the wall these are its
+    side ranges), except when that wall lies beside the push, 90 degrees from where the robot
+    pushed (the range guard held it while it drove along a wall that does not block its way): then
+    it follows that wall on in the push direction, round inner corners too, and the remembered
+    direction is left to a wall that does block the way. When the back-off ends it first turns in
+    place, the short way round, until the wall lies along that side (after a backward push the wall
+    is behind the robot). It turns back at the first inner corner (the wall ended without an
+    opening): it turns in place until the wall lies along its other side, and the way back gets a
+    whole ``follow_max_s`` of its own. Later followings in the same episode keep the last
+    direction; after a timeout on the first way they go the other way. A stall with no wall within
+    ``FOLLOW_NEAR_M`` (e.g. a robot turning in place from rest) gets the back-off only. Stuck while
+    following: the back-off runs, then the following goes on.
 
     Why: the world models this runtime plans with are least accurate in contact with walls (a
     predictor that takes the robot through a wall keeps the planner pushing against it), the
