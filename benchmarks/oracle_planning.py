@@ -51,7 +51,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge.sim.env import BatchSim, SimConfig  # noqa: E402
 from edge.sim.world import Layout  # noqa: E402
-from training.evaluate import Encoder, evaluation_episodes, make_recovery, recovery_step, run_episodes, wilson_interval  # noqa: E402
+from training.evaluate import (  # noqa: E402
+    Encoder, evaluation_episodes, make_recovery, recovery_step, run_episodes, wilson_interval)
 from training.planner import MPCController  # noqa: E402
 from training.walls import fit_position_probe, geodesic_distance  # noqa: E402
 

@@ -444,6 +444,7 @@ class StuckRecovery:
         self.follow_ended[:] = ""
         if follow_on:
             r = np.nan_to_num(np.asarray(ranges_m, dtype=np.float64).reshape(self.batch, 8), nan=0.0)  # NaN: touching
+            n = np.argmin(r, axis=1)  # the beam that points at the nearest wall
             d = np.asarray(goal_distance, dtype=np.float64).reshape(self.batch)
             self._follow &= ok
             closer = self._follow & (d < self.leave_distance)
@@ -469,7 +470,7 @@ class StuckRecovery:
             # lies along the side the robot follows it on, so the follower starts along the wall, not
             # in an arc in the open (after a backward push the wall is behind the robot)
             align = self._follow & self._align & (self._left == 0)
-            bearing = np.argmin(r, axis=1) * (math.pi / 4) - self._side * (math.pi / 2)
+            bearing = n * (math.pi / 4) - self._side * (math.pi / 2)
             turn = np.sign(np.mod(bearing + math.pi, 2 * math.pi) - math.pi)
             self._uturn = np.where(align, self.uturn_ticks, self._uturn)
             self._spin = np.where(align, turn * FOLLOW_SPIN, self._spin)
@@ -503,7 +504,6 @@ class StuckRecovery:
                 # the nearest beam n points at the wall; travel along the wall towards the longer of the
                 # beams 90 degrees either side: towards n + 2 (counter-clockwise of the wall) puts the
                 # wall on the right, towards n - 2 on the left
-                n = np.argmin(r, axis=1)
                 ar = np.arange(self.batch)
                 towards = np.where(r[ar, (n + 2) % 8] > r[ar, (n - 2) % 8], -1.0, 1.0)
                 # a wall beside the push (90 degrees either side of where the robot pushed: the range

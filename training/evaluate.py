@@ -15,7 +15,8 @@ and planning time per control tick for one robot (median over single-episode pla
 The override ``eval.recovery=true`` adds ``edge-run``'s unsticking reflex and wall follower
 (``edge.safety.StuckRecovery``: back off when a drive command leaves the robot still, then follow
 the wall until the embedding distance to the goal is 3% below where it got stuck and the
-planner's plan runs clear of the walls in view), so the figure matches what the runtime does; off by default, it measures the world model and planner alone.
+planner's plan runs clear of the walls in view), so the figure matches what the runtime does;
+off by default, it measures the world model and planner alone.
 
 Diagnostics on held-out episodes (``data.path``'s validation split): a ridge linear probe of
 the true (x, y) from the embedding (R^2), prediction error vs horizon, and confidence

@@ -7,9 +7,10 @@ would bring the body (a disc) into a wall is cut at the exact time of impact
 (``geometry.swept_disc_toi``), the robot stops there and the driving part of its wheel speeds
 stops (stall), so there is no tunnelling at any speed; the turning part (half the wheel speed
 difference) goes on, since a disc turning on the spot sweeps nothing (without it, a robot a
-hair inside a wall whose two motors turn at slightly different speeds could never turn away). Encoders count wheel rotation (what the motor turned, including
-slip); the ground moves by the rotation times ``(1 - slip)``; odometry integrates the encoder
-counts, so slip and encoder noise make odometry drift away from the true pose.
+hair inside a wall whose two motors turn at slightly different speeds could never turn away).
+Encoders count wheel rotation (what the motor turned, including slip); the ground moves by the
+rotation times ``(1 - slip)``; odometry integrates the encoder counts, so slip and encoder noise
+make odometry drift away from the true pose.
 """
 
 from __future__ import annotations
