@@ -12,11 +12,15 @@ with the rollouts and the cost swapped:
 | ``sim_embedding`` | the simulator itself, every sample executed, then encoded | embedding distance to the goal embedding |
 | ``sim_straight`` | the simulator | straight-line distance to the goal (m) |
 | ``sim_geodesic`` | the simulator | shortest-path distance around the wall (``training.walls.geodesic_distance``) |
+| ``sim_belief`` | the simulator | that distance averaged over the door positions consistent with the range beams at the rollout state and at the goal (``training.walls.DoorBelief``): the best a memoryless encoder of these observations could know |
+| ``sim_belief_memory`` | the simulator | the same, also consistent with every observation the robot has made so far this episode (an encoder with memory) |
 
 ``learned`` -> ``sim_embedding`` is what a perfect predictor would gain with the same metric;
 ``learned`` -> ``learned_geodesic`` is what a shortest-path metric would gain with the same predictor;
 ``sim_embedding`` -> ``sim_geodesic`` is what a shortest-path metric would gain on top;
-``sim_straight`` says how much of the embedding's behaviour is plain straight-line distance.
+``sim_straight`` says how much of the embedding's behaviour is plain straight-line distance;
+``sim_belief`` -> ``sim_geodesic`` is what the sensor cannot show from one pose (the door out of
+sight), and ``sim_belief_memory`` how much of that memory of the episode recovers.
 Rollouts in the simulator start from the true pose (an oracle), so this is a diagnostic, not a
 planner for the robot. Expensive: every sample is simulated (N x H x action_repeat x J robot
 steps per episode per tick); ``--episodes 100`` at N=128 H=16 J=2 took about 15 min per
@@ -52,11 +56,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from edge.sim.env import BatchSim, SimConfig  # noqa: E402
 from edge.sim.world import Layout  # noqa: E402
 from training.evaluate import (  # noqa: E402
-    Encoder, evaluation_episodes, make_recovery, recovery_step, run_episodes, wilson_interval)
+    Encoder, evaluation_episodes, goal_heading, make_recovery, recovery_step, run_episodes, wilson_interval)
 from training.planner import MPCController  # noqa: E402
-from training.walls import fit_position_probe, geodesic_distance  # noqa: E402
+from training.walls import DoorBelief, fit_position_probe, geodesic_distance  # noqa: E402
 
-VARIANTS = ("learned", "learned_geodesic", "sim_embedding", "sim_straight", "sim_geodesic")
+VARIANTS = ("learned", "learned_geodesic", "sim_embedding", "sim_straight", "sim_geodesic", "sim_belief",
+            "sim_belief_memory")
+BELIEF_HYPOTHESES = 48
+"""Door hypotheses per episode for the ``sim_belief*`` costs (the true door among them)."""
 
 
 class SimRolloutModel:
@@ -69,24 +76,33 @@ class SimRolloutModel:
     state is the encoder's embedding of the simulated observation (the planner's cost is then the
     embedding distance to the goal embedding); with ``"straight"``/``"geodesic"`` it is a
     one-element vector holding that distance to the goal in metres, planned against a goal of 0.
+    ``"belief"`` averages the geodesic distance over the door hypotheses of ``belief`` that agree
+    with ``known`` (set by ``set_state``: per planned episode, what the goal observation, and with
+    memory the robot's own observations, have shown) and with the beams at the rollout state.
     """
 
-    def __init__(self, sim_cfg: SimConfig, encode: Encoder, cost: str, action_repeat: int, seed: int):
+    def __init__(self, sim_cfg: SimConfig, encode: Encoder, cost: str, action_repeat: int, seed: int,
+                 belief: DoorBelief | None = None):
         self.sim_cfg = sim_cfg
         self.encode = encode
         self.cost = cost
         self.action_repeat = action_repeat
         self.seed = seed
+        self.belief = belief
         self.calls = 0
         self.sim: BatchSim | None = None
 
-    def set_state(self, pose: np.ndarray, layout: Layout, goal: np.ndarray) -> None:
+    def set_state(self, pose: np.ndarray, layout: Layout, goal: np.ndarray, rows: np.ndarray | None = None,
+                  known: np.ndarray | None = None) -> None:
         self.pose, self.layout, self.goal = pose, layout, goal
+        self.rows, self.known = rows, known
 
     def init_hidden(self, z: torch.Tensor) -> torch.Tensor:
         b = len(self.pose)
         n = z.shape[0] // b
         rep = np.repeat(np.arange(b), n)
+        if self.belief is not None:
+            self.rep_rows, self.rep_known = self.rows[rep], self.known[rep]
         self.calls += 1
         self.sim = BatchSim(self.sim_cfg, b * n, seed=self.seed + self.calls)
         self.sim.reset(layout=self.layout.take(rep), start=self.pose[rep], goal=self.goal[rep])
@@ -105,6 +121,9 @@ class SimRolloutModel:
             xy = sim.robot.pose[:, :2]
             if self.cost == "straight":
                 d = np.linalg.norm(xy - sim.goal, axis=-1)
+            elif self.cost == "belief":
+                mask = self.rep_known & self.belief.consistent(sim.robot.pose, self.rep_rows)
+                d = self.belief.expected_geodesic(xy, sim.goal, self.rep_rows, mask)
             else:
                 lay = sim.layout
                 d = geodesic_distance(xy, sim.goal, lay.wall_x, lay.door_y, lay.door_width, cfg.robot.radius)
@@ -147,8 +166,15 @@ def run_oracle(wm, cfg, cost: str, episodes: int, max_steps: int, seed: int) -> 
     if cost == "learned_geodesic":
         probe = fit_position_probe(encode, sim_cfg, seed=seed + 200)
         model = ProbedGeodesicModel(wm.predictor, probe, sim_cfg.robot.radius)
+    elif cost.startswith("sim_belief"):
+        belief = DoorBelief(sim_cfg.world, sim.layout, BELIEF_HYPOTHESES, np.random.default_rng(seed + 300),
+                            sim_cfg.robot.radius, sim_cfg.ranges.max_range)
+        goal_pose = np.concatenate([sim.goal, goal_heading(seed, episodes)[:, None]], axis=-1)
+        known = belief.consistent(goal_pose, np.arange(episodes))
+        model = SimRolloutModel(sim_cfg, encode, "belief", cfg.data.action_repeat, seed + 100, belief)
     else:
         model = SimRolloutModel(sim_cfg, encode, cost.removeprefix("sim_"), cfg.data.action_repeat, seed + 100)
+    belief_h = []  # sim_belief*: consistent hypotheses per episode and tick, for the JSON summary
     embedding_cost = getattr(model, "cost", None) == "embedding"
     ctl = MPCController(model, cfg.planner, batch=episodes, seed=seed, action_repeat=cfg.data.action_repeat)
     recovery = make_recovery(cfg, sim, seed)
@@ -162,6 +188,14 @@ def run_oracle(wm, cfg, cost: str, episodes: int, max_steps: int, seed: int) -> 
         if cost == "learned_geodesic":
             model.set_state(sim.layout.take(idx), sim.goal[idx])
             z0, zg = z, distance_goal
+        elif cost.startswith("sim_belief"):
+            if cost == "sim_belief_memory":  # what the robot's own beams have shown so far
+                known &= model.belief.consistent(sim.robot.pose, np.arange(episodes))
+                belief_h.append(known[idx].sum(1))
+            else:
+                belief_h.append((known & model.belief.consistent(sim.robot.pose, np.arange(episodes)))[idx].sum(1))
+            model.set_state(sim.robot.pose[idx].copy(), sim.layout.take(idx), sim.goal[idx], idx, known[idx])
+            z0, zg = distance_goal, distance_goal
         else:
             model.set_state(sim.robot.pose[idx].copy(), sim.layout.take(idx), sim.goal[idx])
             z0, zg = (z, z_goal_all) if embedding_cost else (distance_goal, distance_goal)
@@ -181,7 +215,9 @@ def run_oracle(wm, cfg, cost: str, episodes: int, max_steps: int, seed: int) -> 
             "steps_to_goal_median": float(np.median(steps_to_goal[success])) if k else None,
             "recoveries_mean": float(recovery.count.mean()) if recovery is not None else 0.0,
             "wall_follows_mean": float(recovery.follows.mean()) if recovery is not None else 0.0,
-            "wall_s": time.perf_counter() - t0}
+            "wall_s": time.perf_counter() - t0,
+            **({"belief_hypotheses": BELIEF_HYPOTHESES,
+                "belief_consistent_median": float(np.median(np.concatenate(belief_h)))} if belief_h else {})}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -79,6 +79,9 @@ class ObjectiveConfig:
     distance_step: float = 0.25  # max embedding distance one predictor step may move
     distance_cap: float = 8.0  # pair distance where the push saturates (> longest trip in steps * distance_step)
     distance_local: float = 10.0  # weight of the one-step constraint relative to the push
+    geodesic: float = 0.0  # embedding distance / geodesic_scale regressed onto the shortest-path distance around the walls, on simulated pairs of observations (privileged simulator geometry; training only)
+    geodesic_scale: float = 2.0  # embedding units per metre for the geodesic term (2.0: one predictor step at full speed, 0.125 m, = distance_step)
+    geodesic_pairs: int = 65536  # simulated observation pairs drawn once per run for the geodesic term
     ranges: float = 0.0  # range reconstruction: a linear head reads the 8 normalised ranges back from the online embedding (keeps obstacle distances in z, which the predictor needs to stop at a wall)
 
     def __post_init__(self) -> None:
@@ -87,9 +90,10 @@ class ObjectiveConfig:
         _check(0.0 <= self.ema_momentum < 1.0, "objective.ema_momentum", f"must be in [0, 1), got {self.ema_momentum}")
         _check(0.0 <= self.center_momentum < 1.0, "objective.center_momentum", f"must be in [0, 1), got {self.center_momentum}")
         for name in ("pred", "variance", "covariance", "barlow", "barlow_lambda", "centering", "idm", "temporal", "confidence",
-                     "distance", "distance_local", "ranges"):
+                     "distance", "distance_local", "ranges", "geodesic"):
             _check(getattr(self, name) >= 0.0, f"objective.{name}", f"must be >= 0, got {getattr(self, name)}")
-        for name in ("distance_step", "distance_cap"):
+        _check(self.geodesic_pairs >= 1, "objective.geodesic_pairs", f"must be >= 1, got {self.geodesic_pairs}")
+        for name in ("distance_step", "distance_cap", "geodesic_scale"):
             _check(getattr(self, name) > 0.0, f"objective.{name}", f"must be > 0, got {getattr(self, name)}")
 
 

@@ -111,6 +111,11 @@ class Encoder:
         return self.wm.encoder(frame, pose4_from_sensor(sensor))
 
 
+def goal_heading(seed: int, episodes: int) -> np.ndarray:
+    """``float64 [episodes]``: the heading (rad) of the goal observation in :func:`evaluation_episodes`."""
+    return np.random.default_rng(seed + 1).uniform(-np.pi, np.pi, size=episodes)
+
+
 def evaluation_episodes(wm: WorldModel, episodes: int, seed: int, goal_headings: int = 1, goal_room: str = "other"):
     """The planning episodes of ``edge-eval`` for ``seed``: ``(sim, obs, encode, z_goal)``.
 
@@ -129,10 +134,9 @@ def evaluation_episodes(wm: WorldModel, episodes: int, seed: int, goal_headings:
     sim_cfg = SimConfig()
     sim = BatchSim(sim_cfg, episodes, camera=camera, seed=seed)
     obs = sim.reset(seed=seed, mode="evaluate" if goal_room == "other" else "same_room")
-    rng = np.random.default_rng(seed + 1)
     encode = Encoder(wm)
     goal_sim = BatchSim(sim_cfg, episodes, camera=camera, seed=seed + 2)
-    heading0 = rng.uniform(-np.pi, np.pi, size=(episodes, 1))
+    heading0 = goal_heading(seed, episodes)[:, None]
     z_goals = []
     for k in range(goal_headings):
         goal_pose = np.concatenate([sim.goal, heading0 + 2 * np.pi * k / goal_headings], axis=-1)

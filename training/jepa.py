@@ -30,6 +30,7 @@ from training.losses import (
     BarlowTwinsLoss,
     CenteringLoss,
     ConfidenceLoss,
+    GeodesicMetricLoss,
     InverseDynamicsLoss,
     PredictionLoss,
     RangeReconstructionLoss,
@@ -86,6 +87,10 @@ class JEPA(nn.Module):
         self.distance_loss = (TemporalDistanceLoss(o.distance_step, o.distance_cap, o.distance_local)
                               if o.distance > 0 else None)
         self.ranges_loss = RangeReconstructionLoss(cfg.model.embed_dim) if o.ranges > 0 else None
+        if o.geodesic > 0 and cfg.model.kind != "sensor":
+            raise ValueError("objective.geodesic is implemented for sensor models (the simulated pairs are not rendered); "
+                             "set objective.geodesic=0 for a camera model")
+        self.geodesic_loss = GeodesicMetricLoss(o.geodesic_scale) if o.geodesic > 0 else None
         self.idm = InverseDynamicsLoss(InverseDynamicsHead(cfg.model.embed_dim, cfg.model.idm_hidden)) if o.idm > 0 else None
 
     # -- encoders -------------------------------------------------------------------------
@@ -181,6 +186,15 @@ class JEPA(nn.Module):
             l_rng, p = self.ranges_loss(z_on, batch["sensor"])
             parts.update(p)
             total = total + o.ranges * l_rng
+        if self.geodesic_loss is not None:
+            if "geo_sensor_a" not in batch:
+                raise ValueError("objective.geodesic > 0 needs simulated pairs in the batch (geo_sensor_a, geo_sensor_b, "
+                                 "geo_d: training.walls.geodesic_pairs); edge-train adds them")
+            z_a = self.encode_online({"sensor": batch["geo_sensor_a"]})
+            z_b = self.encode_online({"sensor": batch["geo_sensor_b"]})
+            l_geo, p = self.geodesic_loss(z_a, z_b, batch["geo_d"])
+            parts.update(p)
+            total = total + o.geodesic * l_geo
         if self.idm is not None:
             l_idm, p = self.idm(z_on[:, :-1].reshape(-1, e), z_on[:, 1:].reshape(-1, e), action.reshape(-1, action.shape[-1]))
             parts.update(p)

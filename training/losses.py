@@ -165,6 +165,29 @@ class TemporalDistanceLoss(nn.Module):
                       "dist_pair_mean": d_pair.mean().detach(), "dist_step_mean": d_step.mean().detach()}
 
 
+class GeodesicMetricLoss(nn.Module):
+    """Embedding distance regressed onto the shortest-path distance around the walls (training only).
+
+    ``loss = mean (||z_a - z_b|| / scale - d)^2`` over pairs of observations of one layout, ``d``
+    their shortest-path distance in metres (privileged simulator geometry:
+    :func:`training.walls.geodesic_pairs`), ``scale`` embedding units per metre. A memoryless
+    encoder that cannot see the door regresses onto the distance expected over the doors its
+    ranges allow, which is what a planner needs (``benchmarks/oracle_planning.py``, ``sim_belief``).
+    """
+
+    def __init__(self, scale: float = 2.0):
+        super().__init__()
+        if not scale > 0:
+            raise ValueError(f"GeodesicMetricLoss needs scale > 0 (embedding units per metre), got {scale}")
+        self.scale = scale
+
+    def forward(self, z_a: torch.Tensor, z_b: torch.Tensor, d_m: torch.Tensor) -> tuple[torch.Tensor, Parts]:
+        """``z_a, z_b [N, E]`` embeddings of pair ends, ``d_m [N]`` their shortest-path distance (m)."""
+        d = torch.linalg.vector_norm(z_a - z_b, dim=-1) / self.scale
+        loss = (d - d_m).pow(2).mean()
+        return loss, {"geo": loss.detach(), "geo_abs_err_m": (d - d_m).abs().mean().detach()}
+
+
 class RangeReconstructionLoss(nn.Module):
     """A linear head reads the normalised range readings back from the embedding (training only).
 

@@ -46,8 +46,25 @@ def _dist_info() -> tuple[int, int]:
     return rank, world
 
 
+class GeodesicPairs:
+    """Simulated observation pairs for ``objective.geodesic`` (:func:`training.walls.geodesic_pairs`),
+    drawn once; :meth:`add` puts ``n`` random ones into a batch as ``geo_sensor_a/b`` and ``geo_d``."""
+
+    def __init__(self, n: int, seed: int, device: str | torch.device):
+        from training.walls import geodesic_pairs
+
+        self.pairs = {k: v.to(device) for k, v in geodesic_pairs(n, seed).items()}
+
+    def add(self, batch: dict[str, torch.Tensor], n: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        idx = torch.randint(len(self.pairs["d"]), (n,), generator=generator).to(self.pairs["d"].device)
+        batch.update({"geo_sensor_a": self.pairs["sensor_a"][idx], "geo_sensor_b": self.pairs["sensor_b"][idx],
+                      "geo_d": self.pairs["d"][idx]})
+        return batch
+
+
 @torch.no_grad()
-def validate(model: JEPA, val: WindowTensors, cfg: Config, device: str, max_batches: int = 20) -> dict[str, float]:
+def validate(model: JEPA, val: WindowTensors, cfg: Config, device: str, max_batches: int = 20,
+             geo: GeodesicPairs | None = None) -> dict[str, float]:
     """Mean loss parts on held-out windows plus collapse monitors of the deployed embedding."""
     model.eval()
     sums: dict[str, float] = {}
@@ -58,6 +75,8 @@ def validate(model: JEPA, val: WindowTensors, cfg: Config, device: str, max_batc
     for i, batch in enumerate(val.iter_batches(cfg.train.batch_size, g, shuffle=False, device=device, partners=partners)):
         if i >= max_batches:
             break
+        if geo is not None:
+            geo.add(batch, cfg.train.batch_size, g)
         _, parts = model(batch)
         for k, v in parts.items():
             sums[k] = sums.get(k, 0.0) + float(v)
@@ -149,6 +168,10 @@ def _train(cfg: Config, resume: bool, data, rank: int, world: int, device: str, 
         print(f"data.contact_oversample={cfg.data.contact_oversample}: {n_contact} of {len(train_set) - train_set.repeated} "
               f"training windows have the robot stopped by a wall; {len(train_set)} windows per epoch", flush=True)
     model = JEPA(cfg).to(device)
+    geo = geo_val = None
+    if cfg.objective.geodesic > 0:  # the same pairs on every rank (seeded); held-out pairs for validation
+        geo = GeodesicPairs(cfg.objective.geodesic_pairs, cfg.train.seed, device)
+        geo_val = GeodesicPairs(4096, cfg.train.seed + 1_000_003, device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     start_epoch = 0
@@ -181,7 +204,10 @@ def _train(cfg: Config, resume: bool, data, rank: int, world: int, device: str, 
                                            partners=cfg.objective.distance > 0),
                    total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
                    disable=(rank != 0 or not cfg.train.progress), leave=False)
+        g_geo = torch.Generator().manual_seed(cfg.train.seed * 1000 + epoch + 7919 * rank)
         for batch in bar:
+            if geo is not None:
+                geo.add(batch, cfg.train.batch_size, g_geo)
             loss, parts = ddp_model(batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {float(loss)} at epoch {epoch + 1}: lower train.lr or check the data")
@@ -202,7 +228,7 @@ def _train(cfg: Config, resume: bool, data, rank: int, world: int, device: str, 
         metrics = {"epoch": epoch + 1, "time_s": round(time.monotonic() - t0, 2), "lr": lr_at(global_step)}
         metrics.update({f"train_{k}": v / max(n, 1) for k, v in sums.items()})
         if rank == 0:
-            metrics.update(validate(model, val_set, cfg, device))
+            metrics.update(validate(model, val_set, cfg, device, geo=geo_val))
             _append_csv(csv_path, metrics, fresh=(epoch == 0 and not resume))
             if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == last_epoch:
                 save_checkpoint(out_dir, model, cfg, optimizer, epoch + 1)

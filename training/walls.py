@@ -52,6 +52,108 @@ def geodesic_distance(p: np.ndarray, g: np.ndarray, wall_x: np.ndarray, door_y: 
     return np.where(across, bent, straight)
 
 
+def geodesic_pairs(n: int, seed: int, sim_cfg=None, clearance: float = 0.02) -> dict[str, torch.Tensor]:
+    """``n`` pairs of simulated sensor observations in one layout each, with their shortest-path distance.
+
+    Layouts from the simulator's prior; both ends uniform over the free space of the arena (the
+    doorway included; about half the pairs lie in different rooms), headings uniform, the
+    robot at rest with odometry equal to the true pose. Returns ``sensor_a, sensor_b [n, 14]``
+    float32 (the simulator's normalisation) and ``d [n]`` metres
+    (:func:`geodesic_distance`, the opening shrunk by the robot radius).
+    """
+    from edge.sim.env import BatchSim, SimConfig
+    from edge.sim.world import sample_layouts
+
+    cfg = sim_cfg or SimConfig()
+    rng = np.random.default_rng(seed)
+    world, r = cfg.world, cfg.robot.radius + clearance
+    layout = sample_layouts(world, n, rng)
+    hw, hh = world.half_width - r, world.half_height - r
+
+    def points() -> np.ndarray:
+        xy = np.empty((n, 2))
+        todo = np.arange(n)
+        while len(todo):
+            cand = np.stack([rng.uniform(-hw, hw, len(todo)), rng.uniform(-hh, hh, len(todo))], -1)
+            in_wall = np.abs(cand[:, 0] - layout.wall_x[todo]) < r
+            in_door = np.abs(cand[:, 1] - layout.door_y[todo]) < layout.door_width[todo] / 2 - r
+            ok = ~in_wall | in_door
+            xy[todo[ok]] = cand[ok]
+            todo = todo[~ok]
+        return np.concatenate([xy, rng.uniform(-np.pi, np.pi, (n, 1))], -1)
+
+    a, b = points(), points()
+    out = {}
+    for name, pose in (("sensor_a", a), ("sensor_b", b)):
+        chunks = []
+        for i in range(0, n, 8192):
+            sl = slice(i, min(i + 8192, n))
+            sim = BatchSim(cfg, sl.stop - sl.start, seed=seed + i)
+            chunks.append(sim.reset(layout=layout.take(sl), start=pose[sl], goal=pose[sl, :2])["sensor"])
+        out[name] = torch.from_numpy(np.concatenate(chunks).astype(np.float32))
+    d = geodesic_distance(a[:, :2], b[:, :2], layout.wall_x, layout.door_y, layout.door_width, cfg.robot.radius)
+    out["d"] = torch.from_numpy(d.astype(np.float32))
+    return out
+
+
+class DoorBelief:
+    """Which door positions are consistent with what the range sensors have shown (an oracle aid).
+
+    For each of ``B`` layouts, ``K`` door hypotheses ``(door_y, door_width)`` drawn from the
+    layout prior (:func:`edge.sim.world.sample_layouts`; hypothesis 0 is the true door, so the
+    set is never empty) on the true dividing wall ``wall_x`` (the beams that hit it show where it
+    is). A beam that reaches the wall line at height ``y_c`` (noise-free geometry: within the
+    sensor's reach, inside the arena) shows the wall closed or open there; a hypothesis is
+    consistent when its opening ``(door_y -+ door_width / 2)`` agrees at every such crossing.
+    Other walls never hide the dividing wall in the two-rooms world, so this is exact.
+
+    ``expected_geodesic`` is the shortest-path distance averaged over the consistent hypotheses:
+    the best distance estimate a model can form from those observations alone. With only the
+    current and the goal observation (``memory=None``) it is what a memoryless encoder such as the
+    sensor MLP could at best learn; ``memory`` adds what the robot saw earlier in the episode.
+    """
+
+    def __init__(self, world, layout, hypotheses: int, rng: np.random.Generator, robot_radius: float,
+                 max_range: float):
+        from edge.sim.world import sample_layouts
+
+        b = len(layout)
+        if hypotheses < 2:
+            raise ValueError(f"DoorBelief: hypotheses must be >= 2, got {hypotheses}")
+        prior = sample_layouts(world, b * (hypotheses - 1), rng)
+        self.wall_x = np.asarray(layout.wall_x, np.float64)
+        self.door_y = np.concatenate([layout.door_y[:, None], prior.door_y.reshape(b, -1)], axis=1)
+        self.door_w = np.concatenate([layout.door_width[:, None], prior.door_width.reshape(b, -1)], axis=1)
+        self.half_height = world.half_height
+        self.reach = max_range + robot_radius
+        self.radius = robot_radius
+
+    def consistent(self, pose: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """``bool [M, K]``: hypotheses of layouts ``rows [M]`` consistent with the 8 beams at ``pose [M, 3]``."""
+        from edge.sim.sensors import BEARINGS_RAD
+
+        pose = np.asarray(pose, np.float64)
+        ang = pose[:, 2:3] + BEARINGS_RAD[None, :]
+        dx, dy = np.cos(ang), np.sin(ang)
+        wx = self.wall_x[rows][:, None]
+        t = np.divide(wx - pose[:, :1], dx, out=np.full_like(dx, -1.0), where=np.abs(dx) > 1e-9)
+        y_c = pose[:, 1:2] + t * dy
+        seen = (t > 0) & (t < self.reach) & (np.abs(y_c) < self.half_height)  # [M, 8]
+        lo = (self.door_y - self.door_w / 2)[rows]  # [M, K]
+        hi = (self.door_y + self.door_w / 2)[rows]
+        open_k = (lo[:, :, None] < y_c[:, None, :]) & (y_c[:, None, :] < hi[:, :, None])  # [M, K, 8]
+        agree = open_k == open_k[:, :1, :]  # hypothesis 0 is the truth
+        return np.all(agree | ~seen[:, None, :], axis=-1)
+
+    def expected_geodesic(self, p: np.ndarray, g: np.ndarray, rows: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Mean shortest-path length ``[M]`` from ``p [M, 2]`` to ``g [M, 2]`` over the hypotheses in ``mask [M, K]``."""
+        m, k = mask.shape
+        d = geodesic_distance(np.repeat(p, k, 0), np.repeat(g, k, 0), np.repeat(self.wall_x[rows], k),
+                              self.door_y[rows].reshape(-1), self.door_w[rows].reshape(-1), self.radius)
+        w = mask.astype(np.float64)
+        return (d.reshape(m, k) * w).sum(1) / w.sum(1)
+
+
 def _rank_corr(a: np.ndarray, b: np.ndarray) -> float:
     from training.evaluate import spearman
 
