@@ -87,3 +87,23 @@ def test_probed_geodesic_costs_the_predicted_positions_per_episode():
     np.testing.assert_allclose(d2[:, 0].numpy(), expect, rtol=1e-5)
     np.testing.assert_allclose(h[0].numpy(), expect_xy, atol=1e-6)
     assert torch.all(conf == 1)
+
+
+def test_belief_cost_is_the_geodesic_when_the_door_is_known_and_an_average_when_not():
+    from training.walls import DoorBelief
+
+    belief = DoorBelief(SimConfig().world, LAYOUT, 16, np.random.default_rng(0), SimConfig().robot.radius, 2.0)
+    z = torch.zeros(2, 1)
+    a = torch.zeros(2, 2)
+    known_true = np.zeros((2, 16), bool)
+    known_true[:, 0] = True  # hypothesis 0 is the real door
+    m = oracle.SimRolloutModel(SimConfig(), encode=None, cost="belief", action_repeat=5, seed=0, belief=belief)
+    m.set_state(POSE.copy(), LAYOUT, GOAL, rows=np.arange(2), known=known_true)
+    d_known = m.step(z, m.init_hidden(z), a)[0][:, 0].numpy()
+    geo = geodesic_distance(POSE[:, :2], GOAL, LAYOUT.wall_x, LAYOUT.door_y, LAYOUT.door_width, SimConfig().robot.radius)
+    np.testing.assert_allclose(d_known, geo, atol=1e-6)
+    m.set_state(POSE.copy(), LAYOUT, GOAL, rows=np.arange(2), known=np.ones((2, 16), bool))
+    d_any = m.step(z, m.init_hidden(z), a)[0][:, 0].numpy()
+    mask = belief.consistent(POSE, np.arange(2))
+    np.testing.assert_allclose(d_any, belief.expected_geodesic(POSE[:, :2], GOAL, np.arange(2), mask), atol=1e-6)
+    assert not np.allclose(d_any, d_known)  # the beams at the start do not pin the door down
