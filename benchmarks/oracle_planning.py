@@ -189,11 +189,10 @@ def run_oracle(wm, cfg, cost: str, episodes: int, max_steps: int, seed: int) -> 
             model.set_state(sim.layout.take(idx), sim.goal[idx])
             z0, zg = z, distance_goal
         elif cost.startswith("sim_belief"):
-            if cost == "sim_belief_memory":  # what the robot's own beams have shown so far
-                known &= model.belief.consistent(sim.robot.pose, np.arange(episodes))
-                belief_h.append(known[idx].sum(1))
-            else:
-                belief_h.append((known & model.belief.consistent(sim.robot.pose, np.arange(episodes)))[idx].sum(1))
+            seen = model.belief.consistent(sim.robot.pose, np.arange(episodes))  # the robot's beams now
+            if cost == "sim_belief_memory":  # keep what they have shown so far
+                known &= seen
+            belief_h.append((known & seen)[idx].sum(1))
             model.set_state(sim.robot.pose[idx].copy(), sim.layout.take(idx), sim.goal[idx], idx, known[idx])
             z0, zg = distance_goal, distance_goal
         else:
