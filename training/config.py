@@ -154,8 +154,24 @@ class PlannerConfig:
     std_init: float = 0.6  # initial / reset sampling std
     std_min: float = 0.05  # lower bound on std after an update
     elites: int = 32  # CEM elite count
+    # Kinematic-path terms (training/path_cost.py), off by default and not in the fused planner
+    # graph (edge-eval and the torch planner only, for now). Cost per metre that a sample's driven
+    # path enters what the range beams see as free space now (phantom crossings through walls):
+    clearance: float = 0.0
+    clearance_margin: float = 0.03  # m kept from the range readings
+    # cost per planner step at a place visited this episode (odometry; a memoryless encoder
+    # cannot tell a searched stretch of wall from an unsearched one), Gaussian of width visit_sigma
+    visit: float = 0.0
+    visit_sigma: float = 0.15  # m
+    visit_every: int = 5  # control ticks between remembered places
+    visit_memory: int = 60  # places remembered (60 x 5 ticks = 15 s at 20 Hz)
 
     def __post_init__(self) -> None:
+        for name in ("clearance", "clearance_margin", "visit"):
+            _check(getattr(self, name) >= 0, f"planner.{name}", f"must be >= 0, got {getattr(self, name)}")
+        _check(self.visit_sigma > 0, "planner.visit_sigma", f"must be > 0 m, got {self.visit_sigma}")
+        for name in ("visit_every", "visit_memory"):
+            _check(getattr(self, name) >= 1, f"planner.{name}", f"must be >= 1, got {getattr(self, name)}")
         _check(self.method in PLANNER_METHODS, "planner.method", f"must be one of {PLANNER_METHODS}, got {self.method!r}")
         for name in ("samples", "horizon", "iterations", "elites"):
             _check(getattr(self, name) >= 1, f"planner.{name}", f"must be >= 1, got {getattr(self, name)}")

@@ -152,7 +152,7 @@ def run_episodes(wm: WorldModel, cfg: Config, episodes: int, max_steps: int, see
     the model's local accuracy from finding the door).
     """
     sim, obs, encode, z_goal = evaluation_episodes(wm, episodes, seed, goal_headings, goal_room)
-    ctl = MPCController(wm.predictor, cfg.planner, batch=episodes, seed=seed, action_repeat=cfg.data.action_repeat)
+    ctl = make_controller(wm.predictor, cfg, sim, seed)
     recovery = make_recovery(cfg, sim, seed)
     success = np.zeros(episodes, bool)
     steps_to_goal = np.full(episodes, -1)
@@ -165,7 +165,7 @@ def run_episodes(wm: WorldModel, cfg: Config, episodes: int, max_steps: int, see
     for t in tqdm(range(max_steps), desc="episodes", disable=not progress, leave=False):
         z = encode(obs)
         t0 = time.perf_counter()
-        actions = ctl.act(z, z_goal, torch.from_numpy(~success)).numpy()
+        actions = ctl.act(z, z_goal, torch.from_numpy(~success), obs["ranges"], obs["pose"]).numpy()
         t_plan += time.perf_counter() - t0
         if recovery is not None:
             gd = torch.linalg.vector_norm(z - z_goal, dim=-1).numpy()
@@ -202,6 +202,19 @@ def run_episodes(wm: WorldModel, cfg: Config, episodes: int, max_steps: int, see
         "wall_follows_mean": float(recovery.follows.mean()) if recovery is not None else 0.0,
         "wall_follow_s_mean": float(recovery.follow_ticks.mean() * sim.cfg.dt) if recovery is not None else 0.0,
     }
+
+
+def make_controller(model, cfg: Config, sim, seed: int) -> MPCController:
+    """The receding-horizon controller for the episodes of ``sim``: ``cfg.planner`` over
+    ``model``, with the kinematic-path terms (:mod:`training.path_cost`) of the simulated robot
+    when ``planner.clearance`` or ``planner.visit`` is on."""
+    from training.path_cost import Kinematics
+    from training.planner import make_path_cost
+
+    rb = sim.cfg.robot
+    kin = Kinematics(rb.wheel_radius, rb.wheel_base, rb.max_wheel_speed, sim.cfg.dt, cfg.data.action_repeat)
+    return MPCController(model, cfg.planner, batch=sim.num_envs, seed=seed, action_repeat=cfg.data.action_repeat,
+                         path_cost=make_path_cost(cfg.planner, kin, sim.cfg.ranges.max_range))
 
 
 def make_recovery(cfg: Config, sim, seed: int):

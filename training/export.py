@@ -676,6 +676,11 @@ def main(argv: list[str] | None = None) -> int:
             raise ExportError(str(e)) from e
         params = params_from_config(wm.config.planner, N=args.N, H=args.H, J=args.J, temperature=args.temperature,
                                     smoothness=args.smoothness)
+        pc = wm.config.planner
+        if pc.clearance > 0 or pc.visit > 0:
+            print(f"edge-export: note: the run's planner.clearance={pc.clearance} / planner.visit={pc.visit} "
+                  "(training/path_cost.py) are not part of the fused planner graph; the bundle plans on the "
+                  "embedding cost alone, as edge-eval does with both set to 0", file=sys.stderr)
         data_path = args.data or wm.config.data.path
         t0 = time.perf_counter()
         command = "edge-export " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from training.config import PlannerConfig
+from training.path_cost import PathCost, VisitMemory
 
 StepFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 InitFn = Callable[[torch.Tensor], torch.Tensor]
@@ -62,13 +63,16 @@ class FunctionalModel:
         self.init_hidden = init_hidden if init_hidden is not None else (lambda z: z.new_zeros(1, z.shape[0], 1))
 
 
-def rollout_cost(model, z0: torch.Tensor, z_goal: torch.Tensor, actions: torch.Tensor, smoothness: float) -> tuple[torch.Tensor, torch.Tensor]:
+def rollout_cost(model, z0: torch.Tensor, z_goal: torch.Tensor, actions: torch.Tensor, smoothness: float,
+                 path: PathCost | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Cost of each action sequence, batched over episodes.
 
     Args:
         model: has ``init_hidden`` and ``step`` (a :class:`training.models.Predictor` or
             :class:`FunctionalModel`).
         z0: [B, E] start embeddings; z_goal: [B, E]; actions: [B, N, H, A].
+        path: optional :class:`training.path_cost.PathCost` (already ``set`` for these B
+            episodes); its per-step cost of each sample's kinematic path is added.
     Returns:
         cost [B, N] (see module docstring), conf [B, N, H].
     """
@@ -79,9 +83,13 @@ def rollout_cost(model, z0: torch.Tensor, z_goal: torch.Tensor, actions: torch.T
     h = model.init_hidden(z)
     cost = actions.new_zeros(b * n)
     confs = []
+    if path is not None:
+        path.start(n)
     for t in range(horizon):
         z, h, c = model.step(z, h, flat[:, t])
         cost = cost + torch.linalg.vector_norm(z - goal, dim=-1)
+        if path is not None:
+            cost = cost + path.step(flat[:, t])
         confs.append(c)
     cost = cost.reshape(b, n)
     if horizon > 1 and smoothness > 0:
@@ -91,10 +99,12 @@ def rollout_cost(model, z0: torch.Tensor, z_goal: torch.Tensor, actions: torch.T
 
 @torch.no_grad()
 def plan_batch(model, z0: torch.Tensor, z_goal: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-               noise: torch.Tensor, cfg: PlannerConfig, action_low: float = -1.0, action_high: float = 1.0) -> PlanResult:
+               noise: torch.Tensor, cfg: PlannerConfig, action_low: float = -1.0, action_high: float = 1.0,
+               path: PathCost | None = None) -> PlanResult:
     """:func:`plan` for ``B`` independent problems at once (every output gains a leading ``[B]``).
 
-    Args: z0, z_goal [B, E]; mean, std [B, H, A]; noise [J, B, N, H, A].
+    Args: z0, z_goal [B, E]; mean, std [B, H, A]; noise [J, B, N, H, A]; ``path``: optional
+    extra cost of the samples' kinematic paths (:func:`rollout_cost`).
     """
     if noise.dim() != 5 or noise.shape[1] != mean.shape[0] or noise.shape[3:] != mean.shape[1:] or std.shape != mean.shape:
         raise ValueError(f"plan: noise must be [J, (B,) N, H, A] matching mean/std [(B,) H, A]; got noise "
@@ -102,7 +112,7 @@ def plan_batch(model, z0: torch.Tensor, z_goal: torch.Tensor, mean: torch.Tensor
     cost = actions = None
     for j in range(noise.shape[0]):
         actions = (mean[:, None] + std[:, None] * noise[j]).clamp(action_low, action_high)  # [B, N, H, A]
-        cost, _ = rollout_cost(model, z0, z_goal, actions, cfg.smoothness)  # [B, N]
+        cost, _ = rollout_cost(model, z0, z_goal, actions, cfg.smoothness, path)  # [B, N]
         if cfg.method == "mppi":
             spread = cost.std(dim=1, unbiased=False, keepdim=True) + 1e-6
             w = torch.softmax(-(cost - cost.min(dim=1, keepdim=True).values) / (spread * cfg.temperature), dim=1)
@@ -158,17 +168,24 @@ class MPCController:
             The planner still runs every tick and returns the first step of its plan, but the warm
             start is shifted by one predictor step only every ``r`` ticks (the first step covers
             the next ``r`` ticks).
+        path_cost: the kinematic-path terms (:mod:`training.path_cost`) when ``cfg.clearance``
+            or ``cfg.visit`` is on; :meth:`act` then needs the range readings and odometry pose.
+            Build it with :func:`make_path_cost`.
     """
 
     def __init__(self, model, cfg: PlannerConfig, batch: int = 1, action_dim: int = 2, seed: int = 0,
-                 action_repeat: int = 1):
+                 action_repeat: int = 1, path_cost: PathCost | None = None):
         if action_repeat < 1:
             raise ValueError(f"MPCController: action_repeat must be >= 1, got {action_repeat}")
+        if (cfg.clearance > 0 or cfg.visit > 0) and path_cost is None:
+            raise ValueError("MPCController: planner.clearance / planner.visit are on but no path_cost was given; "
+                             "build one with training.planner.make_path_cost(cfg, kinematics, max_range)")
         self.model = model
         self.cfg = cfg
         self.action_repeat = action_repeat
         self.batch = batch
         self.action_dim = action_dim
+        self.path_cost = path_cost
         self.generator = torch.Generator().manual_seed(seed)
         self.reset()
 
@@ -181,20 +198,34 @@ class MPCController:
         self.std = torch.full((self.batch, c.horizon, self.action_dim), c.std_init)
         self.last: PlanResult | None = None
         self.tick = 0
+        self.memory = VisitMemory(self.batch, c.visit_memory, c.visit_every) if c.visit > 0 else None
 
-    def act(self, z0: torch.Tensor, z_goal: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
+    def act(self, z0: torch.Tensor, z_goal: torch.Tensor, active: torch.Tensor | None = None,
+            ranges: torch.Tensor | None = None, pose: torch.Tensor | None = None) -> torch.Tensor:
         """Plan from ``z0 [B, E]`` towards ``z_goal [B, E]``; returns the actions ``[B, A]`` to apply now.
 
         ``active [B] bool`` restricts planning to those episodes (finished ones get a zero action
         and keep their plan), which saves the compute of episodes that already reached the goal.
+        With a ``path_cost``: ``ranges [B, n]`` (m from the body surface, NaN for no return) and
+        ``pose [B, 3]`` (odometry x, y in m, heading in rad) of every episode, each tick.
         """
         c = self.cfg
         idx = torch.arange(self.batch) if active is None else torch.nonzero(active).flatten()
+        if self.path_cost is not None:
+            if ranges is None or pose is None:
+                raise ValueError("MPCController.act: planner.clearance / planner.visit need ranges [B, n] and pose [B, 3] "
+                                 "every tick")
+            ranges, pose = torch.as_tensor(ranges, dtype=torch.float32), torch.as_tensor(pose, dtype=torch.float32)
+            if self.memory is not None:
+                self.memory.add(pose)
+            places = self.memory.relative(pose)[idx] if self.memory is not None else None
+            self.path_cost.set(ranges[idx], places)
         actions = torch.zeros(self.batch, self.action_dim)
         if len(idx) == 0:
             return actions
         noise = torch.randn(c.iterations, len(idx), c.samples, c.horizon, self.action_dim, generator=self.generator)
-        result = plan_batch(self.model, z0[idx], z_goal[idx], self.mean[idx], self.std[idx], noise, c)
+        result = plan_batch(self.model, z0[idx], z_goal[idx], self.mean[idx], self.std[idx], noise, c,
+                            path=self.path_cost)
         self.last = result
         self.plan[idx] = result.mean
         self.tick += 1
@@ -205,3 +236,12 @@ class MPCController:
         self.std[idx] = c.std_init
         actions[idx] = result.mean[:, 0]
         return actions
+
+
+def make_path_cost(cfg: PlannerConfig, kinematics, max_range: float) -> PathCost | None:
+    """The :class:`training.path_cost.PathCost` that ``cfg`` asks for (None when
+    ``planner.clearance`` and ``planner.visit`` are both 0). ``kinematics``: a
+    :class:`training.path_cost.Kinematics`; ``max_range``: the range sensors' no-return reading (m)."""
+    if cfg.clearance == 0 and cfg.visit == 0:
+        return None
+    return PathCost(kinematics, cfg.clearance, cfg.clearance_margin, cfg.visit, cfg.visit_sigma, max_range)

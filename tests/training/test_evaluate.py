@@ -96,7 +96,7 @@ def test_eval_recovery_backs_a_robot_off_the_wall_it_pushes(tiny_run, monkeypatc
 
     out, _ = tiny_run
     wm = load_world_model(out)
-    monkeypatch.setattr(ev.MPCController, "act", lambda self, z0, zg, active=None: torch.ones(self.batch, 2))
+    monkeypatch.setattr(ev.MPCController, "act", lambda self, z0, zg, active=None, *sensed: torch.ones(self.batch, 2))
     results = {}
     for on in (False, True):
         cfg = dataclasses.replace(wm.config, eval=dataclasses.replace(wm.config.eval, recovery=on))
