@@ -167,3 +167,22 @@ def test_quantised_forms_stay_close_to_fp32(tmp_path: Path) -> None:
         for k in ("q", "d"):
             assert float(out[k]["mean_cost"]) == pytest.approx(float(out["p"]["mean_cost"]), rel=0.1)
     assert "MatMulInteger" in ex.onnx_ops(tmp_path / "d.onnx")
+
+
+def test_cli_says_the_path_cost_terms_are_not_exported(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A run whose config sets planner.clearance / planner.visit exports (the fused graph plans
+    on the embedding cost alone) and edge-export says that those terms are left out."""
+    from training.checkpoint import save_checkpoint
+    from training.config import config_from_dict
+    from training.jepa import JEPA
+
+    cfg = config_from_dict({"model": {"embed_dim": 6, "enc_hidden": 8, "enc_depth": 1, "pred_hidden": 10},
+                            "planner": {"samples": 12, "horizon": 3, "iterations": 2, "elites": 4,
+                                        "clearance": 20.0, "visit": 1.0},
+                            "data": {"path": str(tmp_path / "no_data")}})
+    torch.manual_seed(0)
+    run = save_checkpoint(tmp_path / "run", JEPA(cfg), cfg)
+    assert ex.main(["--checkpoint", str(run), "--out", str(tmp_path / "b"), "--precisions", "fp32", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "planner.clearance=20.0" in err and "not part of the fused planner graph" in err
+    assert load_bundle(tmp_path / "b").planner.N == 12
