@@ -17,6 +17,10 @@ The override ``eval.recovery=true`` adds ``edge-run``'s unsticking reflex and wa
 the wall until the embedding distance to the goal is 3% below where it got stuck and the
 planner's plan runs clear of the walls in view), so the figure matches what the runtime does;
 off by default, it measures the world model and planner alone.
+The overrides ``planner.clearance=20 planner.visit=1 planner.visit_memory=20`` add the planner's
+terms on the robot's own driven path (``training/path_cost.py``: a cost for paths into what the
+range beams see, and for odometry places visited in the last few seconds), fed with the simulated
+robot's ranges and odometry; docs/TRAINING.md item 13 has what they do to success.
 
 Diagnostics on held-out episodes (``data.path``'s validation split): a ridge linear probe of
 the true (x, y) from the embedding (R^2), prediction error vs horizon, and confidence
@@ -59,7 +63,7 @@ from training.config import Config, ConfigError, config_from_dict, parse_overrid
 from training.data import DataError, WindowTensors, load_windows
 from training.decoder import ENCODER_CHOICES, DecoderError, imagine
 from training.jepa import pose4_from_sensor
-from training.planner import MPCController, plan
+from training.planner import MPCController, plan, plan_batch
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -253,21 +257,32 @@ def _write_gif(frames: list[np.ndarray], path: Path) -> None:
 
 
 def single_plan_time(wm: WorldModel, cfg: Config, calls: int = 30) -> dict:
-    """Median / p90 wall time (ms) of one planning call for one robot (N x H x J, torch, this CPU)."""
+    """Median / p90 wall time (ms) of one planning call for one robot (N x H x J, torch, this CPU),
+    with the kinematic-path terms (:mod:`training.path_cost`, full memory) when they are on."""
+    from edge.sim.env import SimConfig
+    from training.path_cost import Kinematics
+    from training.planner import make_path_cost
+
     p = cfg.planner
     e = cfg.model.embed_dim
     g = torch.Generator().manual_seed(0)
-    z0, zg = torch.randn(e, generator=g), torch.randn(e, generator=g)
-    mean, std = torch.zeros(p.horizon, 2), torch.full((p.horizon, 2), p.std_init)
+    z0, zg = torch.randn(1, e, generator=g), torch.randn(1, e, generator=g)
+    mean, std = torch.zeros(1, p.horizon, 2), torch.full((1, p.horizon, 2), p.std_init)
+    sim_cfg = SimConfig()
+    rb = sim_cfg.robot
+    path = make_path_cost(p, Kinematics(rb.wheel_radius, rb.wheel_base, rb.max_wheel_speed, sim_cfg.dt,
+                                        cfg.data.action_repeat), sim_cfg.ranges.max_range)
+    if path is not None:
+        path.set(0.1 + 1.9 * torch.rand(1, 8, generator=g), torch.randn(1, p.visit_memory, 2, generator=g))
     times = []
     for _ in range(calls + 3):
-        noise = torch.randn(p.iterations, p.samples, p.horizon, 2, generator=g)
+        noise = torch.randn(p.iterations, 1, p.samples, p.horizon, 2, generator=g)
         t0 = time.perf_counter()
-        plan(wm.predictor, z0, zg, mean, std, noise, p)
+        plan_batch(wm.predictor, z0, zg, mean, std, noise, p, path=path)
         times.append(time.perf_counter() - t0)
     ms = np.array(times[3:]) * 1e3
     return {"plan_ms_median": float(np.median(ms)), "plan_ms_p90": float(np.percentile(ms, 90)),
-            "torch_threads": torch.get_num_threads()}
+            "torch_threads": torch.get_num_threads(), "path_terms": path is not None}
 
 
 @torch.no_grad()

@@ -82,8 +82,9 @@ class PathCost:
     :func:`training.planner.rollout_cost`.
 
     Use: :meth:`set` the sensed state of the ``B`` episodes being planned, then the planner
-    calls :meth:`start` (``N`` samples each, episode-major) and :meth:`step` once per planner
-    step with the actions ``[B*N, 2]`` (normalised wheel commands, left then right).
+    adds :meth:`step_costs` of its samples' actions, the whole horizon at once (every control
+    tick of every sample's path in a few batched ops: per-step torch calls would cost more than
+    the predictor for one robot).
     """
 
     def __init__(self, kin: Kinematics, clearance: float = 0.0, clearance_margin: float = 0.03,
@@ -106,47 +107,41 @@ class PathCost:
             raise ValueError(f"PathCost.set: ranges must be [B, n >= 3] metres, got {tuple(r.shape)}")
         r[torch.isnan(r) | (r >= self.max_range - 1e-6)] = math.inf
         self.ranges = r
-        self.places = None if places is None else torch.as_tensor(places, dtype=torch.float32)
+        # empty memory slots (NaN) go far away, where the kernel is exactly 0 in float32
+        self.places = None if places is None else torch.nan_to_num(torch.as_tensor(places, dtype=torch.float32), nan=1e3)
 
-    def start(self, n: int) -> None:
-        """Begin ``n`` samples per episode (episode-major, as :func:`rollout_cost` orders them)."""
+    def step_costs(self, actions: torch.Tensor) -> torch.Tensor:
+        """``[B*N, H]`` the cost of each planner step of ``actions [B*N, H, 2]`` (normalised wheel
+        commands, left then right; ``N`` samples per episode, episode-major, as
+        :func:`training.planner.rollout_cost` orders them), driven from the pose now."""
         if self.ranges is None:
-            raise RuntimeError("PathCost.start before set(): give it the range readings of the planned episodes")
-        self._r = self.ranges.repeat_interleave(n, dim=0)
-        self._places = None
-        if self.places is not None and self.visit > 0:
-            # empty slots (NaN) go far away, where the kernel is exactly 0 in float32
-            far = torch.nan_to_num(self.places, nan=1e3)
-            self._px, self._py = (far[..., i].repeat_interleave(n, dim=0) for i in (0, 1))
-            self._places = far
-        m = self._r.shape[0]
-        self._pose = torch.zeros(m, 3)
-        self._intrusion = torch.zeros(m)
-
-    def step(self, actions: torch.Tensor) -> torch.Tensor:
-        """Drive ``actions [B*N, 2]`` for one planner step; returns this step's cost ``[B*N]``."""
+            raise RuntimeError("PathCost used before set(): give it the range readings of the planned episodes")
         k = self.kin
-        rim = actions.clamp(-1.0, 1.0).float() * (k.max_wheel_speed * k.wheel_radius)  # m/s per wheel
-        v, w = rim.mean(-1), (rim[:, 1] - rim[:, 0]) / k.wheel_base
-        x, y, th = self._pose.unbind(-1)
-        n_beams = self._r.shape[1]
-        rows = torch.arange(len(v))
-        for _ in range(k.ticks_per_step):
-            th = th + w * k.dt
-            x = x + v * torch.cos(th) * k.dt
-            y = y + v * torch.sin(th) * k.dt
-            if self.clearance > 0:
-                beam = torch.remainder(torch.atan2(y, x), 2 * math.pi) / (2 * math.pi / n_beams)
-                lo = beam.floor().long() % n_beams
-                frac = beam - beam.floor()
-                between = torch.minimum(self._r[rows, lo], self._r[rows, (lo + 1) % n_beams])
-                nearest = self._r[rows, torch.round(beam).long() % n_beams]
-                free = torch.where((frac > 0.25) & (frac < 0.75), between, nearest)
-                depth = (torch.hypot(x, y) - (free - self.margin)).clamp_min(0.0)
-                self._intrusion = torch.maximum(self._intrusion, depth)
-        self._pose = torch.stack([x, y, th], dim=-1)
-        cost = self.clearance * self._intrusion
-        if self._places is not None:
-            d2 = (x[:, None] - self._px).square_().add_((y[:, None] - self._py).square_())
+        m, horizon = actions.shape[0], actions.shape[1]
+        if m % self.ranges.shape[0]:
+            raise ValueError(f"PathCost: {m} samples is not a multiple of the {self.ranges.shape[0]} episodes set")
+        n = m // self.ranges.shape[0]
+        rim = actions.clamp(-1.0, 1.0).float().repeat_interleave(k.ticks_per_step, dim=1) * (k.max_wheel_speed * k.wheel_radius)
+        v, w = rim.mean(-1), (rim[..., 1] - rim[..., 0]) / k.wheel_base  # [M, T] m/s, rad/s
+        th = torch.cumsum(w * k.dt, dim=1)  # heading updated before the move, as the simulator's substeps
+        x = torch.cumsum(v * torch.cos(th) * k.dt, dim=1)
+        y = torch.cumsum(v * torch.sin(th) * k.dt, dim=1)
+        ends = torch.arange(1, horizon + 1) * k.ticks_per_step - 1  # the tick that ends each planner step
+        cost = actions.new_zeros(m, horizon)
+        if self.clearance > 0:
+            r = self.ranges.repeat_interleave(n, dim=0)[:, None, :].expand(-1, x.shape[1], -1)  # [M, T, n]
+            n_beams = r.shape[-1]
+            beam = torch.remainder(torch.atan2(y, x), 2 * math.pi) / (2 * math.pi / n_beams)
+            lo = beam.floor().long() % n_beams
+            frac = beam - beam.floor()
+            between = torch.minimum(r.gather(2, lo[..., None]), r.gather(2, ((lo + 1) % n_beams)[..., None]))[..., 0]
+            nearest = r.gather(2, (torch.round(beam).long() % n_beams)[..., None])[..., 0]
+            free = torch.where((frac > 0.25) & (frac < 0.75), between, nearest)
+            depth = (torch.hypot(x, y) - (free - self.margin)).clamp_min(0.0)
+            cost = cost + self.clearance * torch.cummax(depth, dim=1).values[:, ends]
+        if self.places is not None and self.visit > 0:
+            places = self.places.repeat_interleave(n, dim=0)  # [M, K, 2]
+            px, py = x[:, ends], y[:, ends]  # [M, H]
+            d2 = (px[..., None] - places[:, None, :, 0]).square_().add_((py[..., None] - places[:, None, :, 1]).square_())
             cost = cost + self.visit * d2.mul_(-0.5 / self.visit_sigma ** 2).exp_().sum(-1)
         return cost

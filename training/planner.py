@@ -83,14 +83,12 @@ def rollout_cost(model, z0: torch.Tensor, z_goal: torch.Tensor, actions: torch.T
     h = model.init_hidden(z)
     cost = actions.new_zeros(b * n)
     confs = []
-    if path is not None:
-        path.start(n)
     for t in range(horizon):
         z, h, c = model.step(z, h, flat[:, t])
         cost = cost + torch.linalg.vector_norm(z - goal, dim=-1)
-        if path is not None:
-            cost = cost + path.step(flat[:, t])
         confs.append(c)
+    if path is not None:
+        cost = cost + path.step_costs(flat).sum(1)
     cost = cost.reshape(b, n)
     if horizon > 1 and smoothness > 0:
         cost = cost + smoothness * (actions[:, :, 1:] - actions[:, :, :-1]).pow(2).sum(dim=(2, 3))

@@ -25,8 +25,12 @@ def ranges(front=INF, n=8, **beams):
 
 def drive(cost: PathCost, actions: torch.Tensor) -> list[float]:
     """Per-step costs of one sample driving ``actions [H, 2]``."""
-    cost.start(1)
-    return [float(cost.step(a[None])[0]) for a in actions]
+    return cost.step_costs(actions[None])[0].tolist()
+
+
+# one planner step turning on the spot by 22.5 degrees (to the left), then one full forward
+TURN = 0.3927 * 0.16 / 2 / (15.0 * 0.033 * 0.25)
+TURN_THEN_FORWARD = torch.tensor([[-TURN, TURN], [1.0, 1.0]])
 
 
 def test_clearance_charges_the_depth_past_the_reading_ahead():
@@ -48,13 +52,11 @@ def test_no_return_sets_no_bound_and_between_beams_the_nearer_counts():
     pc.set(ranges(front=float("nan"), b1=2.0))
     assert drive(pc, torch.ones(6, 2)) == [0.0] * 6
     pc.set(ranges(front=INF, b1=0.1))
-    pc.start(1)
-    pc._pose = torch.tensor([[0.0, 0.0, math.radians(22.5)]])  # already turned between beams 0 and 1
-    assert float(pc.step(torch.ones(1, 2))[0]) == pytest.approx(10.0 * (STEP_M - 0.1), abs=1e-5)
-    pc.set(ranges(front=INF, b1=INF))
-    pc.start(1)
-    pc._pose = torch.tensor([[0.0, 0.0, math.radians(22.5)]])
-    assert float(pc.step(torch.ones(1, 2))[0]) == 0.0
+    assert drive(pc, TURN_THEN_FORWARD) == pytest.approx([0.0, 10.0 * (STEP_M - 0.1)], abs=1e-4)
+    pc.set(ranges(front=0.1, b1=INF))
+    assert drive(pc, TURN_THEN_FORWARD) == pytest.approx([0.0, 10.0 * (STEP_M - 0.1)], abs=1e-4)
+    pc.set(ranges(front=INF, b1=INF, b7=0.05))  # the beam on the other side does not count
+    assert drive(pc, TURN_THEN_FORWARD) == [0.0, 0.0]
 
 
 def test_visit_memory_frames_and_cost():
