@@ -17,7 +17,7 @@ The override ``eval.recovery=true`` adds ``edge-run``'s unsticking reflex and wa
 the wall until the embedding distance to the goal is 3% below where it got stuck and the
 planner's plan runs clear of the walls in view), so the figure matches what the runtime does;
 off by default, it measures the world model and planner alone.
-The overrides ``planner.clearance=20 planner.visit=1 planner.visit_memory=20`` add the planner's
+The overrides ``planner.clearance=20 planner.visit=2`` add the planner's
 terms on the robot's own driven path (``training/path_cost.py``: a cost for paths into what the
 range beams see, and for odometry places visited in the last few seconds), fed with the simulated
 robot's ranges and odometry; docs/TRAINING.md item 13 has what they do to success.
