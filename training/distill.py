@@ -20,7 +20,8 @@ Example (docs/TRAINING.md item 14; the camera data and the trained sensor run fi
     python -m training.evaluate runs/camera_distilled --episodes 100 --no-diagnostics
 
 Writes ``OUT/model.safetensors`` + ``OUT/config.json`` (a camera run folder), ``OUT/metrics.csv``,
-``OUT/curves.png`` and ``OUT/distill.json`` (teacher, data, final metrics).
+``OUT/curves.png``, ``OUT/distill.json`` (teacher, data, final metrics) and ``OUT/metrics.json``
+(the teacher predictor's validation error, which sets the runtime's confidence scale).
 """
 
 from __future__ import annotations
@@ -179,12 +180,34 @@ def distill(teacher_dir: str | Path, data: str | Path, out_dir: str | Path, *, e
             model.target_encoder.load_state_dict(student.state_dict())
         save_checkpoint(out, model, cfg, epoch=epoch)
     plot_distill(rows, out / "curves.png")
+    (out / "metrics.json").write_text(json.dumps(run_metrics(Path(teacher_dir), rows[-1]), indent=2))
     report = {"teacher": str(teacher_dir), "data": str(data), "ticks_train": int(len(train_i)),
               "ticks_val": int(len(val_i)), "tick_stride": tick_stride, "epochs": epochs, "batch_size": batch_size,
               "lr": lr, "seed": seed, "encoder_params": sum(p.numel() for p in student.parameters()),
               "final": rows[-1]}
     (out / "distill.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def run_metrics(teacher_dir: Path, final: dict) -> dict:
+    """``metrics.json`` of the camera run (what ``edge-export`` records in the bundle): the
+    teacher's last training row as ``teacher_*``, its predictor's validation errors ``val_pred*``
+    unprefixed (the camera run uses that predictor unchanged: the runtime's confidence scale is
+    derived from them), and this distillation's final row as ``distill_*``."""
+    out: dict = {}
+    path = teacher_dir / "metrics.csv"
+    if path.is_file():
+        rows = list(csv.DictReader(path.open()))
+        for k, v in (rows[-1].items() if rows else ()):
+            try:
+                value = float(v)
+            except (TypeError, ValueError):
+                continue
+            out[f"teacher_{k}"] = value
+            if k.startswith("val_pred"):
+                out[k] = value
+    out.update({f"distill_{k}": v for k, v in final.items()})
+    return out
 
 
 def plot_distill(rows: list[dict], path: Path) -> None:

@@ -1,5 +1,6 @@
 """edge-distill: a camera encoder trained on a sensor teacher's embeddings, end to end on a tiny run."""
 
+import csv
 import json
 
 import numpy as np
@@ -87,6 +88,11 @@ def test_distill_writes_a_camera_run_that_matches_its_teacher_better_than_untrai
     assert report["final"]["val_nmse"] == pytest.approx(json.loads((out / "distill.json").read_text())["final"]["val_nmse"])
     assert report["ticks_val"] > 0 and report["ticks_train"] + report["ticks_val"] == 6 * 30
     assert (out / "curves.png").is_file() and len((out / "metrics.csv").read_text().splitlines()) == 5
+    # metrics.json carries the teacher predictor's validation error (the runtime's confidence scale)
+    metrics = json.loads((out / "metrics.json").read_text())
+    teacher_row = list(csv.DictReader((teacher_dir / "metrics.csv").open()))[-1]
+    assert metrics["val_pred"] == pytest.approx(float(teacher_row["val_pred"]))
+    assert metrics["distill_val_nmse"] == pytest.approx(report["final"]["val_nmse"])
     # edge-eval takes it like any camera run
     rep = evaluate(out, ["eval.seed=3"], tmp_path / "eval", diagnose=False, progress=False)
     assert rep["planning"]["episodes"] == 2
