@@ -11,7 +11,9 @@ planner take the result like any other run folder.
 
 Loss: mean squared error to the teacher's embedding divided by the teacher embedding's total
 variance (``nmse``; 0 = exact, 1 = no better than the mean). Episodes are split into training and
-validation sets (``--val-fraction``); the validation ``nmse`` and R^2 are logged every epoch.
+validation sets (``--val-fraction``); the validation ``nmse`` and R^2 are logged every epoch, and
+at the end the validation ``nmse`` with every frame replaced by flat grey (how much of the match
+comes from the picture rather than the odometry pose).
 
 Example (docs/TRAINING.md item 14; the camera data and the trained sensor run first)::
 
@@ -130,14 +132,16 @@ def distill(teacher_dir: str | Path, data: str | Path, out_dir: str | Path, *, e
     csv_path = out / "metrics.csv"
     gen = torch.Generator().manual_seed(seed)
 
-    def encode(idx: np.ndarray) -> torch.Tensor:
+    def encode(idx: np.ndarray, grey: bool = False) -> torch.Tensor:
         frame = torch.from_numpy(frames[idx]).permute(0, 3, 1, 2).float().mul_(FRAME_SCALE)
+        if grey:  # every pixel the frame's mean: what the pose alone gives
+            frame = frame.mean(dim=(1, 2, 3), keepdim=True).expand_as(frame)
         return student(frame, pose4_from_sensor(sensor[idx]))
 
     @torch.no_grad()
-    def validate() -> dict[str, float]:
+    def validate(grey: bool = False) -> dict[str, float]:
         student.eval()
-        preds = torch.cat([encode(val_i[i:i + 1024]) for i in range(0, len(val_i), 1024)])
+        preds = torch.cat([encode(val_i[i:i + 1024], grey) for i in range(0, len(val_i), 1024)])
         student.train()
         t = target[val_i]
         nmse = float(normalised_mse(preds, t, variance))
@@ -184,7 +188,9 @@ def distill(teacher_dir: str | Path, data: str | Path, out_dir: str | Path, *, e
     report = {"teacher": str(teacher_dir), "data": str(data), "ticks_train": int(len(train_i)),
               "ticks_val": int(len(val_i)), "tick_stride": tick_stride, "epochs": epochs, "batch_size": batch_size,
               "lr": lr, "seed": seed, "encoder_params": sum(p.numel() for p in student.parameters()),
-              "final": rows[-1]}
+              "final": rows[-1],
+              # how much the picture matters: held-out nmse with every frame a flat grey (pose only)
+              "val_nmse_grey_frames": validate(grey=True)["val_nmse"]}
     (out / "distill.json").write_text(json.dumps(report, indent=2))
     return report
 
@@ -221,6 +227,7 @@ def plot_distill(rows: list[dict], path: Path) -> None:
     ax.plot(ep, [r["train_nmse"] for r in rows], marker="o", label="train")
     ax.plot(ep, [r["val_nmse"] for r in rows], marker="s", label="validation (held-out episodes)")
     ax.set_yscale("log")
+    ax.set_xticks(ep)
     ax.set_xlabel("epoch")
     ax.set_ylabel("MSE / teacher embedding variance")
     ax.set_title("camera encoder vs the sensor model's embedding", fontsize=9)

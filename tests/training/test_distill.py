@@ -86,6 +86,15 @@ def test_distill_writes_a_camera_run_that_matches_its_teacher_better_than_untrai
         fresh_err = float(normalised_mse(fresh(frame, pose4_from_sensor(sensor)), target, var))
     assert trained_err < 0.5 * fresh_err
     assert report["final"]["val_nmse"] == pytest.approx(json.loads((out / "distill.json").read_text())["final"]["val_nmse"])
+    # the grey-frame figure is the held-out error with each frame flattened to its mean colour
+    _, val_i = _split(ds.window_episode, 0.34, 0)
+    ticks = ds.starts[val_i]
+    train_ticks = np.setdiff1d(ds.starts, ticks)
+    grey = frame[ticks].mean(dim=(1, 2, 3), keepdim=True).expand_as(frame[ticks])
+    with torch.no_grad():
+        z = student.encoder(grey, pose4_from_sensor(sensor[ticks]))
+    expect = normalised_mse(z, target[ticks], target[train_ticks].var(0))
+    assert report["val_nmse_grey_frames"] == pytest.approx(float(expect), rel=1e-4)
     assert report["ticks_val"] > 0 and report["ticks_train"] + report["ticks_val"] == 6 * 30
     assert (out / "curves.png").is_file() and len((out / "metrics.csv").read_text().splitlines()) == 5
     # metrics.json carries the teacher predictor's validation error (the runtime's confidence scale)
