@@ -18,7 +18,7 @@ comes from the picture rather than the odometry pose).
 Example (docs/TRAINING.md item 14; the camera data and the trained sensor run first)::
 
     python -m edge.sim.collect --episodes 512 --steps 200 --camera --out data/camera --seed 0
-    nice -n 5 python -m training.distill runs/sensor_default data/camera --out runs/camera_distilled
+    nice -n 5 python -m training.distill runs/sensor_default data/camera --out runs/camera_distilled   # ~10 min
     python -m training.evaluate runs/camera_distilled --episodes 100 --no-diagnostics
 
 Writes ``OUT/model.safetensors`` + ``OUT/config.json`` (a camera run folder), ``OUT/metrics.csv``,
@@ -84,7 +84,7 @@ def _split(episode: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndar
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
 
-def distill(teacher_dir: str | Path, data: str | Path, out_dir: str | Path, *, epochs: int = 6, batch_size: int = 256,
+def distill(teacher_dir: str | Path, data: str | Path, out_dir: str | Path, *, epochs: int = 4, batch_size: int = 256,
             lr: float = 2e-3, tick_stride: int = 1, val_fraction: float = 0.05, seed: int = 0, threads: int = 2,
             overrides: list[str] | None = None, progress: bool = True) -> dict:
     """Train a camera encoder on the teacher's embeddings; returns the final metrics (see module doc)."""
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("data", help="camera dataset folder (edge-collect --camera) or shards / flight logs with frames")
     ap.add_argument("overrides", nargs="*", help="dotted overrides of the student config, e.g. model.cam_channels=[8,16,16]")
     ap.add_argument("--out", default="runs/camera_distilled", help="run folder to write (default runs/camera_distilled)")
-    ap.add_argument("--epochs", type=int, default=6, help="passes over the training ticks (default 6)")
+    ap.add_argument("--epochs", type=int, default=4, help="passes over the training ticks (default 4: held-out error flat after 3)")
     ap.add_argument("--batch-size", type=int, default=256, help="frames per step (default 256)")
     ap.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the one-cycle schedule (default 2e-3)")
     ap.add_argument("--tick-stride", type=int, default=1, help="use every n-th control tick (default 1: all)")

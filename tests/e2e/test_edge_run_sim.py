@@ -187,6 +187,33 @@ def test_default_bundle_reaches_goals_with_the_shipped_model(tmp_path: Path) -> 
     assert rc in (0, 1)
 
 
+CAMERA_BUNDLE = REPO / "models" / "camera" / "manifest.json"
+
+
+@pytest.mark.skipif(not CAMERA_BUNDLE.is_file(),
+                    reason="models/camera is absent: distil and export it (see its MODEL_CARD.md)")
+def test_camera_bundle_plans_on_simulated_frames_and_reaches_goals(tmp_path: Path) -> None:
+    """`edge-run --device cpu --sim --bundle models/camera --camera sim --goal-room same`: the
+    shipped camera bundle loads, encodes the simulator's 64x64 frames every tick and plans; over
+    2 fixed-seed episodes it reaches at least one goal and closes at least half the distance (it
+    reaches 196/200 other-room goals in edge-run, docs/TRAINING.md item 14). Its embedding is
+    mostly the odometry pose (item 14), so this checks the camera path end to end, not the
+    frame preprocessing in detail (tests/edge/test_camera_preprocessing.py checks its record)."""
+    rc = main(["--device", "cpu", "--sim", "--status", "off", "--episodes", "2", "--seed", "102",
+               "--goal-room", "same", "--bundle", str(CAMERA_BUNDLE.parent), "--camera", "sim",
+               "--set", "sim.gif=false", "--out", str(tmp_path)])
+    summary = json.loads((run_dir(tmp_path) / "summary.json").read_text())
+    start_d, final_d, reached = [], [], []
+    for e in summary["episode_results"]:
+        start_d.append(((e["start"][0] - e["goal"][0]) ** 2 + (e["start"][1] - e["goal"][1]) ** 2) ** 0.5)
+        final_d.append(e["final_goal_distance_m"])
+        reached.append(e["goal_reached"])
+    assert any(reached), summary["episode_results"]
+    assert sum(final_d) <= 0.5 * sum(start_d), summary["episode_results"]
+    assert summary["stages"]["encode"]["p50_ms"] > 0
+    assert rc in (0, 1)
+
+
 @pytest.mark.skipif(not DEFAULT_BUNDLE.is_file(),
                     reason="models/default is absent: train and export the default bundle (see its MODEL_CARD.md)")
 def test_default_bundle_crosses_the_door_into_the_other_room(tmp_path: Path) -> None:
