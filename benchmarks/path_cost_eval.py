@@ -1,10 +1,13 @@
 """Planning success with and without the kinematic-path planner terms (training/path_cost.py).
 
-Example (docs/TRAINING.md item 13; about 30 min on 2 CPU cores for the default grid)::
+Example (docs/TRAINING.md items 13-14; the default grid took 12 min on 2 CPU cores)::
 
     python -m edge.sim.collect --episodes 512 --steps 200 --out data/sensor --seed 0
     nice -n 5 python -m training.train configs/sensor_default.yaml
     nice -n 5 python benchmarks/path_cost_eval.py --run runs/sensor_default
+    # the camera model distilled from it (docs/TRAINING.md item 14), alone and with both terms:
+    nice -n 5 python benchmarks/path_cost_eval.py --run runs/camera_distilled --settings alone,both \
+        --single-seed-settings "" --out benchmarks/results/path_cost_eval_camera.json
 
 Each setting is a named set of ``planner.*`` overrides (``SETTINGS``); each runs ``edge-eval``
 on the same ``--episodes`` other-room episodes (start and goal on opposite sides of the
