@@ -196,7 +196,7 @@ def test_camera_bundle_plans_on_simulated_frames_and_reaches_goals(tmp_path: Pat
     """`edge-run --device cpu --sim --bundle models/camera --camera sim --goal-room same`: the
     shipped camera bundle loads, encodes the simulator's 64x64 frames every tick and plans; over
     2 fixed-seed episodes it reaches at least one goal and closes at least half the distance (it
-    reaches 196/200 other-room goals in edge-run, docs/TRAINING.md item 14). Its embedding is
+    reaches 295/300 other-room goals in edge-run, docs/TRAINING.md item 14). Its embedding is
     mostly the odometry pose (item 14), so this checks the camera path end to end, not the
     frame preprocessing in detail (tests/edge/test_camera_preprocessing.py checks its record)."""
     rc = main(["--device", "cpu", "--sim", "--status", "off", "--episodes", "2", "--seed", "102",
