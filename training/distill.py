@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.checkpoint import CheckpointError, load_config_json, load_world_model, save_checkpoint
+from training.checkpoint import CheckpointError, load_world_model, save_checkpoint
 from training.config import Config, ConfigError, _merge, config_from_dict, parse_overrides
 from training.jepa import pose4_from_sensor
 
@@ -257,7 +257,6 @@ def main(argv: list[str] | None = None) -> int:
         if not (Path(args.teacher) / "config.json").is_file():
             raise DistillError(f"edge-distill: {args.teacher} is not a run folder (no config.json); train the "
                                "sensor model first: python -m training.train configs/sensor_default.yaml")
-        load_config_json(args.teacher)
         r = distill(args.teacher, args.data, args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                     tick_stride=args.tick_stride, val_fraction=args.val_fraction, seed=args.seed,
                     threads=args.threads, overrides=args.overrides, progress=not args.no_progress)
